@@ -1,0 +1,19 @@
+//! The sans-IO heart of Sluice: rooms, publications, subscriptions and the
+//! per-subscription RTP rewriting that lets a viewer follow a changing source.
+//!
+//! Nothing in this crate touches sockets, threads or the clock: every input
+//! carries its [`std::time::Instant`] and every decision is returned as a value.
+//! The server crate feeds it packets and applies its verdicts.
+
+pub mod codec;
+pub mod forwarder;
+pub mod keyframe;
+pub mod layer;
+pub mod router;
+
+pub use codec::Codec;
+pub use forwarder::{Forwarder, Rewritten, SourceKey};
+pub use keyframe::KeyframeThrottle;
+pub use router::{
+    Forward, MediaKind, PacketMeta, PublicationId, Router, RouterEvent, SessionId, TrackId,
+};

@@ -1,0 +1,613 @@
+//! Rooms, publications and subscriptions, and the per-packet fan-out.
+//!
+//! A room has at most one current publication per media kind (the WHIP
+//! broadcast model); every subscription of that kind follows it. When the
+//! publication ends its subscriptions are parked with their rewriting state,
+//! and the next publication of that kind picks them up, so viewers continue
+//! without renegotiation.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::forwarder::{Forwarder, Rewritten, SourceKey, Vp8Ids};
+use crate::keyframe::KeyframeThrottle;
+use crate::layer::Layers;
+
+/// How often a publication re-checks which of its layers are alive.
+const LAYER_RECHECK: Duration = Duration::from_millis(500);
+
+/// A peer connection, as numbered by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// An incoming track of a publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicationId(pub u64);
+
+/// An outgoing track of a subscriber session (the server maps it to a mid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrackId(pub u32);
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// An audio track.
+    Audio,
+    /// A video track.
+    Video,
+}
+
+/// What the router needs to know about one incoming RTP packet.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketMeta {
+    /// Extended (never wrapping) sequence number.
+    pub seq: u64,
+    /// RTP timestamp.
+    pub ts: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// Whether the packet starts a keyframe.
+    pub keyframe: bool,
+    /// VP8 descriptor identifiers, for VP8 payloads that carry them.
+    pub vp8: Option<Vp8Ids>,
+    /// When the packet arrived.
+    pub arrival: Instant,
+}
+
+/// A verdict to send one packet to one subscriber track.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// The subscriber session.
+    pub session: SessionId,
+    /// The subscriber's outgoing track.
+    pub track: TrackId,
+    /// Header fields to send the packet with.
+    pub rewritten: Rewritten,
+}
+
+/// Something the server must do on behalf of the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterEvent {
+    /// Ask the publisher for a keyframe on one layer of a publication.
+    RequestKeyframe {
+        /// Publisher session.
+        session: SessionId,
+        /// The publication.
+        publication: PublicationId,
+        /// Layer index within the publication.
+        layer: u8,
+    },
+}
+
+/// Tunables of the router.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// At most one keyframe request per publication layer in this interval.
+    pub keyframe_interval: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            keyframe_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One subscriber track following a publication.
+#[derive(Debug)]
+struct Subscription {
+    session: SessionId,
+    track: TrackId,
+    kind: MediaKind,
+    forwarder: Forwarder,
+}
+
+#[derive(Debug)]
+struct Publication {
+    room: Arc<str>,
+    session: SessionId,
+    kind: MediaKind,
+    layers: Layers,
+    /// The layer every subscription currently aims for.
+    best_layer: Option<u8>,
+    /// When layer activity was last re-evaluated.
+    layers_checked: Option<Instant>,
+    throttles: Vec<KeyframeThrottle>,
+    subscriptions: Vec<Subscription>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    /// The current publication per kind: `[audio, video]`.
+    feeds: [Option<PublicationId>; 2],
+    /// Every live publication of the room, oldest first.
+    publications: Vec<PublicationId>,
+    /// Subscriptions waiting for a publication of their kind.
+    parked: Vec<Subscription>,
+}
+
+/// Where a subscription lives now.
+#[derive(Debug, Clone, Copy)]
+enum Location {
+    Feed(PublicationId),
+    Parked,
+}
+
+/// All rooms of one shard.
+#[derive(Debug)]
+pub struct Router {
+    config: RouterConfig,
+    rooms: HashMap<Arc<str>, Room>,
+    publications: HashMap<PublicationId, Publication>,
+    subscriptions: HashMap<(SessionId, TrackId), (Arc<str>, Location)>,
+    next_publication: u64,
+    events: VecDeque<RouterEvent>,
+}
+
+fn kind_index(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(config: RouterConfig) -> Self {
+        Router {
+            config,
+            rooms: HashMap::new(),
+            publications: HashMap::new(),
+            subscriptions: HashMap::new(),
+            next_publication: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Number of rooms with at least one publication or subscription.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The current publication of `kind` in `room`.
+    pub fn feed(&self, room: &str, kind: MediaKind) -> Option<PublicationId> {
+        self.rooms.get(room)?.feeds[kind_index(kind)]
+    }
+
+    /// Number of subscriptions following `publication`.
+    pub fn subscriber_count(&self, publication: PublicationId) -> usize {
+        self.publications
+            .get(&publication)
+            .map_or(0, |p| p.subscriptions.len())
+    }
+
+    /// Add a publication with layers named by `rids` (`[None]` without
+    /// simulcast). It becomes the room's feed of its kind and takes over
+    /// every subscription of that kind.
+    pub fn publish(
+        &mut self,
+        room: &str,
+        session: SessionId,
+        kind: MediaKind,
+        rids: &[Option<String>],
+    ) -> PublicationId {
+        let id = PublicationId(self.next_publication);
+        self.next_publication += 1;
+        let room_key = self.room_key(room);
+        let layers = Layers::new(rids);
+        let throttles = vec![KeyframeThrottle::new(self.config.keyframe_interval); layers.len()];
+        let mut publication = Publication {
+            room: room_key.clone(),
+            session,
+            kind,
+            layers,
+            best_layer: None,
+            layers_checked: None,
+            throttles,
+            subscriptions: Vec::new(),
+        };
+        let room = self.rooms.entry(room_key).or_default();
+        room.publications.push(id);
+        let previous = room.feeds[kind_index(kind)].replace(id);
+        let mut taken: Vec<Subscription> = Vec::new();
+        let parked = std::mem::take(&mut room.parked);
+        let (mine, others): (Vec<_>, Vec<_>) = parked.into_iter().partition(|s| s.kind == kind);
+        room.parked = others;
+        taken.extend(mine);
+        if let Some(prev) = previous.and_then(|p| self.publications.get_mut(&p)) {
+            taken.append(&mut prev.subscriptions);
+        }
+        for mut sub in taken {
+            // Until a packet shows which layers are alive, aim for layer 0.
+            sub.forwarder.set_target(Some(SourceKey {
+                publication: id,
+                layer: 0,
+            }));
+            if let Some(loc) = self.subscriptions.get_mut(&(sub.session, sub.track)) {
+                loc.1 = Location::Feed(id);
+            }
+            publication.subscriptions.push(sub);
+        }
+        self.publications.insert(id, publication);
+        id
+    }
+
+    /// Remove a publication. Its subscriptions move to the newest other
+    /// publication of the same kind in the room, or wait for the next one.
+    pub fn unpublish(&mut self, id: PublicationId) {
+        let Some(publication) = self.publications.remove(&id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&publication.room) else {
+            return;
+        };
+        room.publications.retain(|p| *p != id);
+        let slot = &mut room.feeds[kind_index(publication.kind)];
+        if *slot == Some(id) {
+            *slot = room.publications.iter().rev().copied().find(|p| {
+                self.publications
+                    .get(p)
+                    .is_some_and(|p| p.kind == publication.kind)
+            });
+        }
+        let successor = slot.and_then(|s| Some((s, self.publications.get_mut(&s)?)));
+        let location = match &successor {
+            Some((next_id, _)) => Location::Feed(*next_id),
+            None => Location::Parked,
+        };
+        let target = successor.as_ref().map(|(next_id, next)| SourceKey {
+            publication: *next_id,
+            layer: next.best_layer.unwrap_or(0),
+        });
+        let destination = match successor {
+            Some((_, next)) => &mut next.subscriptions,
+            None => &mut room.parked,
+        };
+        for mut sub in publication.subscriptions {
+            sub.forwarder.set_target(target);
+            if let Some(entry) = self.subscriptions.get_mut(&(sub.session, sub.track)) {
+                entry.1 = location;
+            }
+            destination.push(sub);
+        }
+        self.drop_room_if_empty(&publication.room);
+    }
+
+    /// Subscribe a session's outgoing track to the room's feed of `kind`.
+    /// `seed` randomises the first outgoing sequence number.
+    pub fn subscribe(
+        &mut self,
+        room: &str,
+        session: SessionId,
+        track: TrackId,
+        kind: MediaKind,
+        clock_rate: u32,
+        seed: u64,
+    ) {
+        let room_key = self.room_key(room);
+        let mut sub = Subscription {
+            session,
+            track,
+            kind,
+            forwarder: Forwarder::new(kind == MediaKind::Video, clock_rate, seed),
+        };
+        let room = self.rooms.entry(room_key.clone()).or_default();
+        let feed = room.feeds[kind_index(kind)];
+        let location = match feed.and_then(|f| self.publications.get_mut(&f)) {
+            Some(publication) => {
+                let id = feed.unwrap_or(PublicationId(0));
+                sub.forwarder.set_target(Some(SourceKey {
+                    publication: id,
+                    layer: publication.best_layer.unwrap_or(0),
+                }));
+                publication.subscriptions.push(sub);
+                Location::Feed(id)
+            }
+            None => {
+                room.parked.push(sub);
+                Location::Parked
+            }
+        };
+        self.subscriptions
+            .insert((session, track), (room_key, location));
+    }
+
+    /// Remove every subscription of `session`.
+    pub fn unsubscribe_session(&mut self, session: SessionId) {
+        let keys: Vec<_> = self
+            .subscriptions
+            .keys()
+            .filter(|(s, _)| *s == session)
+            .copied()
+            .collect();
+        for key in keys {
+            let Some((room, location)) = self.subscriptions.remove(&key) else {
+                continue;
+            };
+            match location {
+                Location::Feed(p) => {
+                    if let Some(p) = self.publications.get_mut(&p) {
+                        p.subscriptions
+                            .retain(|s| (s.session, s.track) != key);
+                    }
+                }
+                Location::Parked => {
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        r.parked.retain(|s| (s.session, s.track) != key);
+                    }
+                }
+            }
+            self.drop_room_if_empty(&room);
+        }
+    }
+
+    /// Fan one packet of `publication`'s `layer` out to its subscriptions,
+    /// appending one [`Forward`] per subscriber that should get it.
+    pub fn on_packet(
+        &mut self,
+        publication: PublicationId,
+        layer: u8,
+        meta: &PacketMeta,
+        out: &mut Vec<Forward>,
+    ) {
+        let Some(p) = self.publications.get_mut(&publication) else {
+            return;
+        };
+        let now = meta.arrival;
+        let recheck = p
+            .layers_checked
+            .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_RECHECK);
+        if p.layers.on_packet(layer, now) || recheck {
+            p.update_best_layer(publication, now);
+        }
+        let source = SourceKey { publication, layer };
+        let mut waiting = false;
+        for sub in &mut p.subscriptions {
+            if let Some(rewritten) = sub.forwarder.on_packet(source, meta) {
+                out.push(Forward {
+                    session: sub.session,
+                    track: sub.track,
+                    rewritten,
+                });
+            }
+            waiting |= sub.forwarder.needs_keyframe()
+                && sub.forwarder.target().is_some_and(|t| t.layer == layer);
+        }
+        let Some(throttle) = p.throttles.get_mut(usize::from(layer)) else {
+            return;
+        };
+        if meta.keyframe {
+            throttle.on_keyframe();
+        } else if (waiting && throttle.request(now)) || throttle.poll(now) {
+            self.events.push_back(RouterEvent::RequestKeyframe {
+                session: p.session,
+                publication,
+                layer,
+            });
+        }
+    }
+
+    /// A subscriber lost a picture (PLI/FIR) on `track`.
+    pub fn on_keyframe_request(&mut self, session: SessionId, track: TrackId, now: Instant) {
+        let Some((_, Location::Feed(id))) = self.subscriptions.get(&(session, track)) else {
+            return;
+        };
+        let id = *id;
+        let Some(p) = self.publications.get_mut(&id) else {
+            return;
+        };
+        let Some(sub) = p
+            .subscriptions
+            .iter()
+            .find(|s| s.session == session && s.track == track)
+        else {
+            return;
+        };
+        let Some(layer) = sub.forwarder.current().or(sub.forwarder.target()).map(|s| s.layer)
+        else {
+            return;
+        };
+        if let Some(throttle) = p.throttles.get_mut(usize::from(layer))
+            && throttle.request(now)
+        {
+            self.events.push_back(RouterEvent::RequestKeyframe {
+                session: p.session,
+                publication: id,
+                layer,
+            });
+        }
+    }
+
+    /// The next thing the server must do, if any.
+    pub fn poll_event(&mut self) -> Option<RouterEvent> {
+        self.events.pop_front()
+    }
+
+    fn room_key(&self, room: &str) -> Arc<str> {
+        self.rooms
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(k, _)| k.clone())
+    }
+
+    fn drop_room_if_empty(&mut self, room: &str) {
+        let empty = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.publications.is_empty() && r.parked.is_empty());
+        let has_subscribers = self.subscriptions.values().any(|(r, _)| &**r == room);
+        if empty && !has_subscribers {
+            self.rooms.remove(room);
+        }
+    }
+}
+
+impl Publication {
+    /// Aim every subscription at the best active layer.
+    fn update_best_layer(&mut self, id: PublicationId, now: Instant) {
+        self.layers_checked = Some(now);
+        let best = self.layers.best_active(now);
+        if best == self.best_layer || best.is_none() {
+            return;
+        }
+        self.best_layer = best;
+        let target = best.map(|layer| SourceKey {
+            publication: id,
+            layer,
+        });
+        for sub in &mut self.subscriptions {
+            sub.forwarder.set_target(target);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUBLISHER_A: SessionId = SessionId(1);
+    const PUBLISHER_B: SessionId = SessionId(2);
+    const VIEWER: SessionId = SessionId(10);
+    const VIDEO: TrackId = TrackId(1);
+
+    fn meta(seq: u64, ts: u32, keyframe: bool, arrival: Instant) -> PacketMeta {
+        PacketMeta {
+            seq,
+            ts,
+            marker: true,
+            keyframe,
+            vp8: None,
+            arrival,
+        }
+    }
+
+    fn keyframe_requests(router: &mut Router) -> Vec<RouterEvent> {
+        std::iter::from_fn(|| router.poll_event()).collect()
+    }
+
+    #[test]
+    fn viewer_waiting_before_publisher_follows_publisher_changes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 42);
+        let mut out = Vec::new();
+
+        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
+        assert_eq!(r.subscriber_count(a), 1);
+        // No keyframe yet: nothing forwarded, one merged keyframe request.
+        r.on_packet(a, 0, &meta(100, 0, false, t0), &mut out);
+        r.on_packet(a, 0, &meta(101, 0, false, t0 + ms(1)), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            keyframe_requests(&mut r),
+            vec![RouterEvent::RequestKeyframe {
+                session: PUBLISHER_A,
+                publication: a,
+                layer: 0
+            }]
+        );
+        for i in 0..30u64 {
+            r.on_packet(a, 0, &meta(102 + i, 3000 * i as u32, i == 0, t0 + ms(33 * i)), &mut out);
+        }
+        assert_eq!(out.len(), 30);
+        let last_a = out.last().unwrap().rewritten;
+
+        // Publisher A leaves; the viewer is parked, then B arrives.
+        r.unpublish(a);
+        assert_eq!(r.feed("live", MediaKind::Video), None);
+        let b = r.publish("live", PUBLISHER_B, MediaKind::Video, &[None]);
+        out.clear();
+        let t1 = t0 + ms(2000);
+        r.on_packet(b, 0, &meta(9, 77, true, t1), &mut out);
+        r.on_packet(b, 0, &meta(10, 3077, false, t1 + ms(33)), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|f| f.session == VIEWER && f.track == VIDEO));
+        assert_eq!(out[0].rewritten.seq, last_a.seq + 1, "no sequence gap");
+        assert_eq!(out[1].rewritten.seq, last_a.seq + 2);
+        assert!(out[0].rewritten.ts.wrapping_sub(last_a.ts) > 0);
+        assert_eq!(out[1].rewritten.ts.wrapping_sub(out[0].rewritten.ts), 3000);
+    }
+
+    #[test]
+    fn new_publisher_takes_over_from_a_live_one() {
+        let t0 = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, MediaKind::Audio, &[None]);
+        r.subscribe("live", VIEWER, TrackId(0), MediaKind::Audio, 48_000, 1);
+        let mut out = Vec::new();
+        r.on_packet(a, 0, &meta(5, 960, false, t0), &mut out);
+        let b = r.publish("live", PUBLISHER_B, MediaKind::Audio, &[None]);
+        assert_eq!(r.subscriber_count(a), 0);
+        assert_eq!(r.subscriber_count(b), 1);
+        // Audio switches at once, continuing the sequence.
+        r.on_packet(a, 0, &meta(6, 1920, false, t0), &mut out);
+        r.on_packet(b, 0, &meta(1000, 5, false, t0), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].rewritten.seq, out[0].rewritten.seq + 1);
+        // When B leaves, A (still live) takes the viewer back.
+        r.unpublish(b);
+        assert_eq!(r.feed("live", MediaKind::Audio), Some(a));
+        assert_eq!(r.subscriber_count(a), 1);
+    }
+
+    #[test]
+    fn keyframe_requests_from_many_viewers_are_merged() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
+        let mut out = Vec::new();
+        for v in 0..20 {
+            r.subscribe("live", SessionId(100 + v), VIDEO, MediaKind::Video, 90_000, v);
+        }
+        r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
+        assert_eq!(out.len(), 20);
+        assert!(keyframe_requests(&mut r).is_empty());
+        // All twenty viewers send a PLI within 100 ms: one request goes out.
+        for v in 0..20 {
+            r.on_keyframe_request(SessionId(100 + v), VIDEO, t0 + ms(v * 5));
+        }
+        assert_eq!(keyframe_requests(&mut r).len(), 1);
+        // The merged rest goes out with a packet after the interval.
+        r.on_packet(a, 0, &meta(2, 0, false, t0 + ms(300)), &mut out);
+        assert!(keyframe_requests(&mut r).is_empty());
+        r.on_packet(a, 0, &meta(3, 0, false, t0 + ms(600)), &mut out);
+        assert_eq!(keyframe_requests(&mut r).len(), 1);
+        // Unknown subscribers are ignored.
+        r.on_keyframe_request(SessionId(999), VIDEO, t0 + ms(2000));
+        assert!(keyframe_requests(&mut r).is_empty());
+    }
+
+    #[test]
+    fn simulcast_viewers_get_the_highest_active_layer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let rids = ["q", "h", "f"].map(|s| Some(s.to_string()));
+        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &rids);
+        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 5);
+        let mut out = Vec::new();
+        // Only q and h are sent: h wins, from its keyframe on.
+        r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
+        r.on_packet(a, 1, &meta(1, 0, false, t0), &mut out);
+        out.clear();
+        r.on_packet(a, 1, &meta(2, 0, true, t0 + ms(10)), &mut out);
+        r.on_packet(a, 0, &meta(2, 0, false, t0 + ms(10)), &mut out);
+        assert_eq!(out.len(), 1);
+        // f appears: the viewer moves up at f's keyframe, without a gap.
+        r.on_packet(a, 2, &meta(50, 0, false, t0 + ms(20)), &mut out);
+        r.on_packet(a, 1, &meta(3, 0, false, t0 + ms(20)), &mut out);
+        r.on_packet(a, 2, &meta(51, 0, true, t0 + ms(30)), &mut out);
+        r.on_packet(a, 1, &meta(4, 0, false, t0 + ms(30)), &mut out);
+        let seqs: Vec<u64> = out.iter().map(|f| f.rewritten.seq).collect();
+        assert_eq!(seqs.len(), 3);
+        assert_eq!(seqs[1], seqs[0] + 1);
+        assert_eq!(seqs[2], seqs[1] + 1);
+        r.unsubscribe_session(VIEWER);
+        assert_eq!(r.subscriber_count(a), 0);
+        r.unpublish(a);
+        assert_eq!(r.room_count(), 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! One WebRTC peer connection of the SFU, on top of a str0m [`str0m::Rtc`] in
+//! RTP mode, without any I/O.
+//!
+//! A [`Session`] is created from a WHIP or WHEP offer, fed datagrams and
+//! timeouts with their [`std::time::Instant`], and drained with
+//! [`Session::poll`] until it returns [`SessionOutput::Timeout`]. Incoming
+//! media comes out as [`SessionEvent::Rtp`]; outgoing media goes in through
+//! [`Session::write_rtp`].
+
+pub mod demux;
+pub mod negotiate;
+pub mod session;
+
+pub use negotiate::{NegotiateError, Role, SessionConfig};
+pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
+pub use str0m::media::{MediaKind, Mid};
+pub use str0m::net::Transmit;

@@ -1,0 +1,144 @@
+//! Turning a WHIP or WHEP offer into a configured [`Rtc`] and its answer.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::{CodecConfig, PayloadParams};
+use str0m::media::{MediaKind, Mid};
+use str0m::{Candidate, Rtc};
+
+/// Which way media flows for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A WHIP publisher: the server receives.
+    Publisher,
+    /// A WHEP viewer: the server sends.
+    Viewer,
+}
+
+/// What every session of a server shares.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Addresses announced as the server's host candidates.
+    pub candidates: Vec<SocketAddr>,
+    /// A peer silent for this long (no ICE consent, no media) is gone.
+    pub consent_timeout: Duration,
+}
+
+/// Why an offer was refused. The text is meant for the HTTP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NegotiateError {
+    /// The body is not a usable SDP offer.
+    MalformedSdp(String),
+    /// The offer has no media flowing the way this endpoint needs.
+    WrongDirection(String),
+    /// The viewer cannot receive the codec the publisher sends.
+    UnsupportedCodec(String),
+}
+
+impl fmt::Display for NegotiateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NegotiateError::MalformedSdp(m) => write!(f, "malformed SDP offer: {m}"),
+            NegotiateError::WrongDirection(m) | NegotiateError::UnsupportedCodec(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for NegotiateError {}
+
+/// Build an RTP-mode, ICE-lite [`Rtc`] with the server's candidates.
+pub(crate) fn new_rtc(config: &SessionConfig, now: Instant) -> Result<Rtc, NegotiateError> {
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .build(now);
+    for addr in &config.candidates {
+        let candidate = Candidate::host(*addr, "udp")
+            .map_err(|e| NegotiateError::MalformedSdp(format!("server candidate {addr}: {e}")))?;
+        rtc.add_local_candidate(candidate);
+    }
+    Ok(rtc)
+}
+
+/// Parse `offer` and apply it to `rtc`, returning the SDP answer.
+pub(crate) fn accept_offer(rtc: &mut Rtc, offer: &str) -> Result<String, NegotiateError> {
+    let offer = SdpOffer::from_sdp_string(offer)
+        .map_err(|e| NegotiateError::MalformedSdp(e.to_string()))?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| NegotiateError::MalformedSdp(e.to_string()))?;
+    Ok(answer.to_sdp_string())
+}
+
+/// Check that the negotiated media suit `role`: a publisher must send the
+/// server something, a viewer must receive something.
+pub(crate) fn check_directions(
+    rtc: &Rtc,
+    role: Role,
+    mids: &[(Mid, MediaKind)],
+) -> Result<(), NegotiateError> {
+    let usable = mids.iter().any(|(mid, _)| {
+        rtc.media(*mid).is_some_and(|m| match role {
+            Role::Publisher => m.direction().is_receiving(),
+            Role::Viewer => m.direction().is_sending(),
+        })
+    });
+    if usable {
+        return Ok(());
+    }
+    Err(NegotiateError::WrongDirection(match role {
+        Role::Publisher => "a WHIP offer must send audio or video (sendonly or sendrecv)".into(),
+        Role::Viewer => "a WHEP offer must receive audio or video (recvonly or sendrecv)".into(),
+    }))
+}
+
+/// The payload type on `mid` of `rtc` that carries what `source` describes,
+/// among the payload types the remote accepted for that media.
+pub(crate) fn matching_pt(rtc: &Rtc, mid: Mid, source: &PayloadParams) -> Option<PayloadParams> {
+    let media = rtc.media(mid)?;
+    let remote = media.remote_pts();
+    let candidates: Vec<PayloadParams> = rtc
+        .codec_config()
+        .params()
+        .iter()
+        .filter(|p| remote.contains(&p.pt()))
+        .copied()
+        .collect();
+    CodecConfig::new_from_payload_params(candidates)
+        .match_params(*source)
+        .copied()
+}
+
+/// Check that a viewer can receive each of the publisher's `codecs`.
+pub(crate) fn check_codecs(
+    rtc: &Rtc,
+    mids: &[(Mid, MediaKind)],
+    codecs: &[PayloadParams],
+) -> Result<(), NegotiateError> {
+    for source in codecs {
+        let kind = if source.spec().codec.is_audio() {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        };
+        let mut of_kind = mids.iter().filter(|(_, k)| *k == kind).peekable();
+        if of_kind.peek().is_none() {
+            // The viewer does not want this kind at all.
+            continue;
+        }
+        if !of_kind.any(|(mid, _)| matching_pt(rtc, *mid, source).is_some()) {
+            return Err(NegotiateError::UnsupportedCodec(format!(
+                "this room's publisher sends {:?} {}, which the offer cannot receive",
+                source.spec().codec,
+                if kind == MediaKind::Audio { "audio" } else { "video" },
+            )));
+        }
+    }
+    Ok(())
+}

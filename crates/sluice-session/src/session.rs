@@ -1,0 +1,442 @@
+//! A session: one peer connection, its tracks, and its liveness.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::{Codec as StrCodec, PayloadParams};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+
+use sluice_router::Codec;
+
+use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer sent nothing for the consent timeout (RFC 7675), or never
+    /// completed ICE.
+    ConsentExpired,
+    /// ICE or DTLS failed or the peer closed DTLS.
+    Disconnected,
+    /// The server (an HTTP DELETE, a shutdown) ended it.
+    Ended,
+}
+
+/// One incoming RTP packet with what the router needs to know about it.
+#[derive(Debug)]
+pub struct IncomingRtp {
+    /// The media section it arrived on.
+    pub mid: Mid,
+    /// Simulcast layer index (0 without simulcast), in rid declaration order.
+    pub layer: u8,
+    /// The codec, for keyframe detection.
+    pub codec: Codec,
+    /// The publisher's payload parameters, to pick each viewer's payload type.
+    pub params: PayloadParams,
+    /// Parsed VP8 descriptor (VP8 only), for picture id rewriting.
+    pub vp8: Option<Vp8Descriptor>,
+    /// The packet itself.
+    pub packet: RtpPacket,
+}
+
+/// Something that happened to a session.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// ICE and DTLS are up.
+    Connected,
+    /// The peer offered a media section.
+    MediaAdded {
+        /// Its mid.
+        mid: Mid,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Simulcast rids the peer sends, in declaration order (`[None]`
+        /// without simulcast).
+        rids: Vec<Option<String>>,
+    },
+    /// An RTP packet arrived.
+    Rtp(Box<IncomingRtp>),
+    /// The peer lost a picture on `mid` (PLI or FIR).
+    KeyframeRequest {
+        /// The media section of the outgoing track.
+        mid: Mid,
+    },
+    /// The session is over; nothing more comes out of it.
+    Closed(CloseReason),
+}
+
+/// One output of [`Session::poll`].
+#[derive(Debug)]
+pub enum SessionOutput {
+    /// Send this datagram.
+    Transmit(Transmit),
+    /// Something happened.
+    Event(SessionEvent),
+    /// Nothing more to do until this time (or new input).
+    Timeout(Instant),
+}
+
+/// A media section of the session.
+#[derive(Debug)]
+struct Track {
+    mid: Mid,
+    kind: MediaKind,
+    rids: Vec<Option<Rid>>,
+    /// Outgoing payload type for the last source codec seen.
+    out_pt: Option<(PayloadParams, PayloadParams)>,
+}
+
+/// One WebRTC peer connection.
+pub struct Session {
+    rtc: Rtc,
+    role: Role,
+    tracks: Vec<Track>,
+    /// Incoming SSRC to (track index, layer) cache.
+    ssrcs: Vec<(Ssrc, usize, u8)>,
+    pending: VecDeque<SessionEvent>,
+    consent_timeout: Duration,
+    last_receive: Instant,
+    closed: Option<CloseReason>,
+    close_reported: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("tracks", &self.tracks)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Create a session from an SDP offer and return it with the SDP answer.
+    ///
+    /// `codecs` are the payload parameters a viewer must be able to receive
+    /// (the current publisher's); pass none for publishers.
+    pub fn accept(
+        role: Role,
+        offer: &str,
+        config: &SessionConfig,
+        codecs: &[PayloadParams],
+        now: Instant,
+    ) -> Result<(Session, String), NegotiateError> {
+        let mut rtc = negotiate::new_rtc(config, now)?;
+        let answer = negotiate::accept_offer(&mut rtc, offer)?;
+        let mut session = Session {
+            rtc,
+            role,
+            tracks: Vec::new(),
+            ssrcs: Vec::new(),
+            pending: VecDeque::new(),
+            consent_timeout: config.consent_timeout,
+            last_receive: now,
+            closed: None,
+            close_reported: false,
+        };
+        // Negotiation is a mutation: drain it before anything else happens.
+        // Nothing is transmitted before the peer's first ICE check.
+        while let SessionOutput::Event(e) = session.poll_rtc() {
+            session.pending.push_back(e);
+        }
+        let mids: Vec<(Mid, MediaKind)> = session.tracks.iter().map(|t| (t.mid, t.kind)).collect();
+        negotiate::check_directions(&session.rtc, role, &mids)?;
+        if role == Role::Viewer {
+            negotiate::check_codecs(&session.rtc, &mids, codecs)?;
+        }
+        Ok((session, answer))
+    }
+
+    /// Whether this session publishes or views.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The server-side ICE ufrag: STUN requests carrying it belong here.
+    pub fn local_ufrag(&mut self) -> String {
+        self.rtc.direct_api().local_ice_credentials().ufrag
+    }
+
+    /// The payload parameters of the first codec negotiated on each media
+    /// section this session receives (what a publisher will send).
+    pub fn receive_codecs(&self) -> Vec<PayloadParams> {
+        self.tracks
+            .iter()
+            .filter_map(|t| {
+                let media = self.rtc.media(t.mid)?;
+                if !media.direction().is_receiving() {
+                    return None;
+                }
+                let pt = *media.remote_pts().first()?;
+                self.rtc.codec_config().find(|p| p.pt() == pt).copied()
+            })
+            .collect()
+    }
+
+    /// The media sections this session sends on, with their kinds.
+    pub fn send_tracks(&self) -> Vec<(Mid, MediaKind)> {
+        self.tracks
+            .iter()
+            .filter(|t| {
+                self.rtc
+                    .media(t.mid)
+                    .is_some_and(|m| m.direction().is_sending())
+            })
+            .map(|t| (t.mid, t.kind))
+            .collect()
+    }
+
+    /// Whether the session still runs.
+    pub fn is_alive(&self) -> bool {
+        self.closed.is_none()
+    }
+
+    /// Feed one datagram that arrived from `source` on local `destination`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) {
+        if self.closed.is_some() {
+            return;
+        }
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
+        self.last_receive = now;
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if self.rtc.handle_input(input).is_err() {
+            self.close(CloseReason::Disconnected);
+        }
+    }
+
+    /// Drive time forward.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed.is_some() {
+            return;
+        }
+        if now.saturating_duration_since(self.last_receive) >= self.consent_timeout {
+            self.close(CloseReason::ConsentExpired);
+            return;
+        }
+        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+            self.close(CloseReason::Disconnected);
+        }
+    }
+
+    /// End the session (DELETE, shutdown).
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+            self.rtc.disconnect();
+        }
+    }
+
+    /// The next output. Call until it returns [`SessionOutput::Timeout`]
+    /// after every input or write.
+    pub fn poll(&mut self) -> SessionOutput {
+        if let Some(e) = self.pending.pop_front() {
+            return SessionOutput::Event(e);
+        }
+        if let Some(reason) = self.closed {
+            if !self.close_reported {
+                self.close_reported = true;
+                return SessionOutput::Event(SessionEvent::Closed(reason));
+            }
+            return SessionOutput::Timeout(self.last_receive + Duration::from_secs(3600));
+        }
+        match self.poll_rtc() {
+            SessionOutput::Timeout(t) => {
+                SessionOutput::Timeout(t.min(self.last_receive + self.consent_timeout))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_rtc(&mut self) -> SessionOutput {
+        loop {
+            let output = match self.rtc.poll_output() {
+                Ok(o) => o,
+                Err(_) => {
+                    self.close(CloseReason::Disconnected);
+                    return self.poll();
+                }
+            };
+            match output {
+                Output::Timeout(t) => return SessionOutput::Timeout(t),
+                Output::Transmit(t) => return SessionOutput::Transmit(t),
+                Output::Event(event) => {
+                    if let Some(e) = self.on_event(event) {
+                        return SessionOutput::Event(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Option<SessionEvent> {
+        match event {
+            Event::Connected => Some(SessionEvent::Connected),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.close(CloseReason::Disconnected);
+                None
+            }
+            Event::MediaAdded(added) => {
+                let rids: Vec<Option<Rid>> = match &added.simulcast {
+                    Some(s) if !s.recv.is_empty() => s.recv.iter().map(|l| Some(l.rid)).collect(),
+                    _ => vec![None],
+                };
+                let names = rids.iter().map(|r| r.map(|r| r.to_string())).collect();
+                self.tracks.push(Track {
+                    mid: added.mid,
+                    kind: added.kind,
+                    rids,
+                    out_pt: None,
+                });
+                Some(SessionEvent::MediaAdded {
+                    mid: added.mid,
+                    kind: added.kind,
+                    rids: names,
+                })
+            }
+            Event::RtpPacket(packet) => self.on_rtp(packet),
+            Event::KeyframeRequest(req) => Some(SessionEvent::KeyframeRequest { mid: req.mid }),
+            _ => None,
+        }
+    }
+
+    fn on_rtp(&mut self, packet: RtpPacket) -> Option<SessionEvent> {
+        let ssrc = packet.header.ssrc;
+        let (track, layer) = match self.ssrcs.iter().find(|(s, _, _)| *s == ssrc) {
+            Some(&(_, t, l)) => (t, l),
+            None => {
+                let mut api = self.rtc.direct_api();
+                let stream = api.stream_rx(&ssrc)?;
+                let (mid, rid) = (stream.mid(), stream.rid());
+                let t = self.tracks.iter().position(|t| t.mid == mid)?;
+                let rids = &mut self.tracks[t].rids;
+                let l = match rids.iter().position(|r| *r == rid) {
+                    Some(l) => l,
+                    None if rid.is_none() => 0,
+                    None => {
+                        rids.push(rid);
+                        rids.len() - 1
+                    }
+                };
+                self.ssrcs.push((ssrc, t, l as u8));
+                (t, l as u8)
+            }
+        };
+        let pt = packet.header.payload_type;
+        let params = *self.rtc.codec_config().find(|p| p.pt() == pt)?;
+        let codec = router_codec(params.spec().codec);
+        let vp8 = match codec {
+            Codec::Vp8 => Vp8Descriptor::parse(&packet.payload).ok(),
+            _ => None,
+        };
+        Some(SessionEvent::Rtp(Box::new(IncomingRtp {
+            mid: self.tracks[track].mid,
+            layer,
+            codec,
+            params,
+            vp8,
+            packet,
+        })))
+    }
+
+    /// Ask the peer for a keyframe on `mid`'s layer `layer`.
+    pub fn request_keyframe(&mut self, mid: Mid, layer: u8) {
+        let Some(track) = self.tracks.iter().find(|t| t.mid == mid) else {
+            return;
+        };
+        let rid = track.rids.get(usize::from(layer)).copied().flatten();
+        if let Some(stream) = self.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+        }
+    }
+
+    /// Send one RTP packet on `mid`. `source` describes the publisher's
+    /// codec; the packet is dropped if this peer did not negotiate it.
+    /// Returns whether the packet was queued.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_rtp(
+        &mut self,
+        mid: Mid,
+        source: &PayloadParams,
+        seq: u64,
+        ts: u32,
+        marker: bool,
+        payload: Arc<[u8]>,
+        wallclock: Instant,
+        vp8: Option<(Vp8Descriptor, u16, Option<u8>)>,
+    ) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        let Some(track) = self.tracks.iter_mut().find(|t| t.mid == mid) else {
+            return false;
+        };
+        let out = match track.out_pt {
+            Some((src, out)) if src.pt() == source.pt() && src.spec() == source.spec() => out,
+            _ => {
+                let Some(out) = negotiate::matching_pt(&self.rtc, mid, source) else {
+                    return false;
+                };
+                if let Some(track) = self.tracks.iter_mut().find(|t| t.mid == mid) {
+                    track.out_pt = Some((*source, out));
+                }
+                out
+            }
+        };
+        let is_video = out.spec().codec.is_video();
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        let mut write = RtpWrite::new(out.pt(), seq.into(), ts, wallclock, payload)
+            .marker(marker)
+            .nackable(is_video);
+        if let Some((descriptor, picture_id, tl0)) = vp8 {
+            let mut patch = descriptor.patch();
+            if descriptor.picture_id().is_some() {
+                patch = patch.picture_id(picture_id);
+            }
+            if let (Some(t), Some(_)) = (tl0, descriptor.tl0_pic_idx()) {
+                patch = patch.tl0_pic_idx(t);
+            }
+            if let Ok(patch) = patch.build() {
+                write = write.vp8_patch(patch);
+            }
+        }
+        stream.write_rtp(write);
+        true
+    }
+}
+
+/// The router's view of a str0m codec.
+fn router_codec(codec: StrCodec) -> Codec {
+    match codec {
+        StrCodec::Opus => Codec::Opus,
+        StrCodec::Vp8 => Codec::Vp8,
+        StrCodec::Vp9 => Codec::Vp9,
+        StrCodec::H264 => Codec::H264,
+        StrCodec::Av1 => Codec::Av1,
+        _ => Codec::Other,
+    }
+}
