@@ -1,1 +1,53 @@
-//! placeholder
+//! The HTTP control plane: WHIP (RFC 9725) and WHEP endpoints, session
+//! resources, and the browser pages the binary serves.
+//!
+//! Every error is an RFC 9457 `application/problem+json` body; every
+//! response carries CORS headers so pages on other origins can publish and
+//! watch.
+
+mod cors;
+mod pages;
+mod problem;
+mod whip;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::{get, post};
+use sluice_server::ControlHandle;
+
+pub use problem::Problem;
+
+/// Largest SDP offer accepted, in bytes.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+/// State shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The media server.
+    pub control: ControlHandle,
+}
+
+/// The whole HTTP application.
+pub fn app(control: ControlHandle) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/publish/{room}", get(pages::publish))
+        .route("/watch/{room}", get(pages::watch))
+        .route("/assets/sluice.js", get(pages::script))
+        .route("/assets/sluice.css", get(pages::style))
+        .route(
+            "/whip/{room}",
+            post(whip::publish).options(whip::endpoint_options),
+        )
+        .route(
+            "/whep/{room}",
+            post(whip::watch).options(whip::endpoint_options),
+        )
+        .route(
+            "/resource/{id}",
+            axum::routing::delete(whip::delete_resource).options(whip::resource_options),
+        )
+        .fallback(problem::not_found)
+        .layer(middleware::from_fn(cors::cors))
+        .with_state(AppState { control })
+}

@@ -130,9 +130,7 @@ impl Forwarder {
         let ts = meta.ts.wrapping_add(self.ts_offset);
         let vp8 = meta.vp8.map(|ids| Vp8Ids {
             picture_id: ids.picture_id.wrapping_add(self.picture_id_offset) & 0x7fff,
-            tl0_pic_idx: ids
-                .tl0_pic_idx
-                .map(|t| t.wrapping_add(self.tl0_offset)),
+            tl0_pic_idx: ids.tl0_pic_idx.map(|t| t.wrapping_add(self.tl0_offset)),
         });
         if self.last.is_none_or(|l| seq > l.seq) {
             self.last = Some(LastOut {
@@ -167,9 +165,7 @@ impl Forwarder {
         self.ts_offset = next_ts.wrapping_sub(meta.ts);
         if let Some(ids) = meta.vp8 {
             self.picture_id_offset = next_pic.wrapping_sub(ids.picture_id);
-            self.tl0_offset = ids
-                .tl0_pic_idx
-                .map_or(0, |t| next_tl0.wrapping_sub(t));
+            self.tl0_offset = ids.tl0_pic_idx.map_or(0, |t| next_tl0.wrapping_sub(t));
         }
         self.switch_seq = meta.seq;
         self.current = Some(source);
@@ -237,11 +233,16 @@ mod tests {
         assert_eq!(first.seq, last.seq + 1, "no gap in sequence numbers");
         let dt = first.ts.wrapping_sub(last.ts);
         assert_eq!(dt, 45_000, "timestamps advance by the 500 ms of wall time");
-        let next = f.on_packet(src(2, 0), &pkt(19, 126_456, false, t1)).unwrap();
+        let next = f
+            .on_packet(src(2, 0), &pkt(19, 126_456, false, t1))
+            .unwrap();
         assert_eq!(next.seq, first.seq + 1);
         assert_eq!(next.ts.wrapping_sub(first.ts), 3000);
         // A late packet of the old publisher is dropped.
-        assert_eq!(f.on_packet(src(1, 0), &pkt(60_100, 300_000, false, t1)), None);
+        assert_eq!(
+            f.on_packet(src(1, 0), &pkt(60_100, 300_000, false, t1)),
+            None
+        );
     }
 
     #[test]
@@ -269,9 +270,16 @@ mod tests {
             ..pkt(seq, 0, key, t0)
         };
         f.set_target(Some(src(1, 0)));
-        let a = f.on_packet(src(1, 0), &with_ids(1, 0x7ffe, 200, true)).unwrap();
-        let b = f.on_packet(src(1, 0), &with_ids(2, 0x7fff, 201, false)).unwrap();
-        assert_eq!(a.vp8.unwrap().picture_id.wrapping_add(1) & 0x7fff, b.vp8.unwrap().picture_id);
+        let a = f
+            .on_packet(src(1, 0), &with_ids(1, 0x7ffe, 200, true))
+            .unwrap();
+        let b = f
+            .on_packet(src(1, 0), &with_ids(2, 0x7fff, 201, false))
+            .unwrap();
+        assert_eq!(
+            a.vp8.unwrap().picture_id.wrapping_add(1) & 0x7fff,
+            b.vp8.unwrap().picture_id
+        );
         f.set_target(Some(src(1, 2)));
         let c = f.on_packet(src(1, 2), &with_ids(90, 5, 7, true)).unwrap();
         let (bv, cv) = (b.vp8.unwrap(), c.vp8.unwrap());

@@ -176,6 +176,11 @@ impl Router {
         self.rooms.get(room)?.feeds[kind_index(kind)]
     }
 
+    /// The session that publishes `publication`.
+    pub fn publisher_of(&self, publication: PublicationId) -> Option<SessionId> {
+        self.publications.get(&publication).map(|p| p.session)
+    }
+
     /// Number of subscriptions following `publication`.
     pub fn subscriber_count(&self, publication: PublicationId) -> usize {
         self.publications
@@ -329,8 +334,7 @@ impl Router {
             match location {
                 Location::Feed(p) => {
                     if let Some(p) = self.publications.get_mut(&p) {
-                        p.subscriptions
-                            .retain(|s| (s.session, s.track) != key);
+                        p.subscriptions.retain(|s| (s.session, s.track) != key);
                     }
                 }
                 Location::Parked => {
@@ -405,7 +409,11 @@ impl Router {
         else {
             return;
         };
-        let Some(layer) = sub.forwarder.current().or(sub.forwarder.target()).map(|s| s.layer)
+        let Some(layer) = sub
+            .forwarder
+            .current()
+            .or(sub.forwarder.target())
+            .map(|s| s.layer)
         else {
             return;
         };
@@ -509,7 +517,12 @@ mod tests {
             }]
         );
         for i in 0..30u64 {
-            r.on_packet(a, 0, &meta(102 + i, 3000 * i as u32, i == 0, t0 + ms(33 * i)), &mut out);
+            r.on_packet(
+                a,
+                0,
+                &meta(102 + i, 3000 * i as u32, i == 0, t0 + ms(33 * i)),
+                &mut out,
+            );
         }
         assert_eq!(out.len(), 30);
         let last_a = out.last().unwrap().rewritten;
@@ -560,7 +573,14 @@ mod tests {
         let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
         let mut out = Vec::new();
         for v in 0..20 {
-            r.subscribe("live", SessionId(100 + v), VIDEO, MediaKind::Video, 90_000, v);
+            r.subscribe(
+                "live",
+                SessionId(100 + v),
+                VIDEO,
+                MediaKind::Video,
+                90_000,
+                v,
+            );
         }
         r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
         assert_eq!(out.len(), 20);

@@ -1,1 +1,37 @@
-//! placeholder
+//! The I/O side of Sluice: one UDP socket for every peer, a shard task that
+//! owns all sessions and the router, and a [`ControlHandle`] through which
+//! the HTTP layer creates and ends sessions.
+//!
+//! The data path of one packet: `recv_from` → [`demux`](shard) by remote
+//! address (or by STUN ufrag for a new peer) → `Session::handle_datagram` →
+//! drain `Session::poll` → `Router::on_packet` → `Session::write_rtp` on each
+//! viewer → drain each viewer → `send_to`.
+
+mod control;
+mod shard;
+
+pub use control::{ControlError, ControlHandle, Created, ServerConfig};
+pub use sluice_session::{NegotiateError, Role};
+
+use std::net::SocketAddr;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Start the media server on an already bound UDP `socket`.
+///
+/// Returns the handle the control plane talks through and the shard task,
+/// which ends when every [`ControlHandle`] clone is dropped or
+/// [`ControlHandle::shutdown`] is called.
+pub fn start(
+    config: ServerConfig,
+    socket: UdpSocket,
+) -> std::io::Result<(ControlHandle, JoinHandle<()>)> {
+    let local: SocketAddr = socket.local_addr()?;
+    let candidate = config.candidate_address(local)?;
+    let (tx, rx) = mpsc::channel(1024);
+    let shard = shard::Shard::new(config, socket, local, candidate);
+    let task = tokio::spawn(shard.run(rx));
+    Ok((ControlHandle::new(tx), task))
+}

@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn finds_server_ufrag() {
-        assert_eq!(stun_server_ufrag(&binding_request("srv1:peer")), Some("srv1"));
+        assert_eq!(
+            stun_server_ufrag(&binding_request("srv1:peer")),
+            Some("srv1")
+        );
     }
 
     #[test]

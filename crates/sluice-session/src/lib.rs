@@ -13,5 +13,6 @@ pub mod session;
 
 pub use negotiate::{NegotiateError, Role, SessionConfig};
 pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
+pub use str0m::format::PayloadParams;
 pub use str0m::media::{MediaKind, Mid};
 pub use str0m::net::Transmit;

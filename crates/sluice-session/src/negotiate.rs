@@ -65,15 +65,20 @@ pub(crate) fn new_rtc(config: &SessionConfig, now: Instant) -> Result<Rtc, Negot
     Ok(rtc)
 }
 
-/// Parse `offer` and apply it to `rtc`, returning the SDP answer.
-pub(crate) fn accept_offer(rtc: &mut Rtc, offer: &str) -> Result<String, NegotiateError> {
+/// Parse `offer` and apply it to `rtc`, returning the SDP answer and the
+/// mids of the offer's media sections, in order.
+pub(crate) fn accept_offer(
+    rtc: &mut Rtc,
+    offer: &str,
+) -> Result<(String, Vec<Mid>), NegotiateError> {
     let offer = SdpOffer::from_sdp_string(offer)
         .map_err(|e| NegotiateError::MalformedSdp(e.to_string()))?;
+    let mids = offer.media_lines.iter().map(|m| m.mid()).collect();
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| NegotiateError::MalformedSdp(e.to_string()))?;
-    Ok(answer.to_sdp_string())
+    Ok((answer.to_sdp_string(), mids))
 }
 
 /// Check that the negotiated media suit `role`: a publisher must send the
@@ -136,7 +141,11 @@ pub(crate) fn check_codecs(
             return Err(NegotiateError::UnsupportedCodec(format!(
                 "this room's publisher sends {:?} {}, which the offer cannot receive",
                 source.spec().codec,
-                if kind == MediaKind::Audio { "audio" } else { "video" },
+                if kind == MediaKind::Audio {
+                    "audio"
+                } else {
+                    "video"
+                },
             )));
         }
     }

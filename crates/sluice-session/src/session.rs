@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::{Codec as StrCodec, PayloadParams};
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
@@ -49,7 +49,8 @@ pub struct IncomingRtp {
 pub enum SessionEvent {
     /// ICE and DTLS are up.
     Connected,
-    /// The peer offered a media section.
+    /// A publisher's media section the server receives (reported once,
+    /// right after negotiation).
     MediaAdded {
         /// Its mid.
         mid: Mid,
@@ -128,7 +129,7 @@ impl Session {
         now: Instant,
     ) -> Result<(Session, String), NegotiateError> {
         let mut rtc = negotiate::new_rtc(config, now)?;
-        let answer = negotiate::accept_offer(&mut rtc, offer)?;
+        let (answer, offered) = negotiate::accept_offer(&mut rtc, offer)?;
         let mut session = Session {
             rtc,
             role,
@@ -140,15 +141,41 @@ impl Session {
             closed: None,
             close_reported: false,
         };
-        // Negotiation is a mutation: drain it before anything else happens.
-        // Nothing is transmitted before the peer's first ICE check.
-        while let SessionOutput::Event(e) = session.poll_rtc() {
-            session.pending.push_back(e);
+        for mid in offered {
+            // Data channels have no media entry.
+            let Some(media) = session.rtc.media(mid) else {
+                continue;
+            };
+            let rids = match media.rids_rx() {
+                Rids::Specific(rids) if !rids.is_empty() => rids.iter().map(|r| Some(*r)).collect(),
+                _ => vec![None],
+            };
+            session.tracks.push(Track {
+                mid,
+                kind: media.kind(),
+                rids,
+                out_pt: None,
+            });
         }
         let mids: Vec<(Mid, MediaKind)> = session.tracks.iter().map(|t| (t.mid, t.kind)).collect();
         negotiate::check_directions(&session.rtc, role, &mids)?;
         if role == Role::Viewer {
             negotiate::check_codecs(&session.rtc, &mids, codecs)?;
+        }
+        if role == Role::Publisher {
+            for t in &session.tracks {
+                let receiving = session
+                    .rtc
+                    .media(t.mid)
+                    .is_some_and(|m| m.direction().is_receiving());
+                if receiving {
+                    session.pending.push_back(SessionEvent::MediaAdded {
+                        mid: t.mid,
+                        kind: t.kind,
+                        rids: t.rids.iter().map(|r| r.map(|r| r.to_string())).collect(),
+                    });
+                }
+            }
         }
         Ok((session, answer))
     }
@@ -296,24 +323,6 @@ impl Session {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.close(CloseReason::Disconnected);
                 None
-            }
-            Event::MediaAdded(added) => {
-                let rids: Vec<Option<Rid>> = match &added.simulcast {
-                    Some(s) if !s.recv.is_empty() => s.recv.iter().map(|l| Some(l.rid)).collect(),
-                    _ => vec![None],
-                };
-                let names = rids.iter().map(|r| r.map(|r| r.to_string())).collect();
-                self.tracks.push(Track {
-                    mid: added.mid,
-                    kind: added.kind,
-                    rids,
-                    out_pt: None,
-                });
-                Some(SessionEvent::MediaAdded {
-                    mid: added.mid,
-                    kind: added.kind,
-                    rids: names,
-                })
             }
             Event::RtpPacket(packet) => self.on_rtp(packet),
             Event::KeyframeRequest(req) => Some(SessionEvent::KeyframeRequest { mid: req.mid }),

@@ -1,1 +1,9 @@
-//! placeholder
+//! Real WebRTC peers for tests and the load tester: a str0m client that
+//! publishes synthetic media over WHIP or watches over WHEP, through real
+//! UDP sockets on loopback, recording what it sent and received.
+
+pub mod media;
+pub mod peer;
+
+pub use media::{SyntheticMedia, VP8_DESCRIPTOR_LEN};
+pub use peer::{Kind, Packet, Peer, PeerError, PeerOptions};

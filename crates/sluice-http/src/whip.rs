@@ -1,0 +1,137 @@
+//! WHIP and WHEP endpoints and their session resources (RFC 9725).
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sluice_server::{ControlError, Role};
+use tracing::info;
+
+use crate::problem::Problem;
+use crate::{AppState, MAX_SDP_BYTES};
+
+/// `POST /whip/{room}`: publish into a room.
+pub(crate) async fn publish(
+    state: State<AppState>,
+    room: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    create(state, room, headers, body, Role::Publisher).await
+}
+
+/// `POST /whep/{room}`: watch a room.
+pub(crate) async fn watch(
+    state: State<AppState>,
+    room: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    create(state, room, headers, body, Role::Viewer).await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+    role: Role,
+) -> Result<Response, Problem> {
+    check_room_name(&room)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/sdp") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the offer must be application/sdp, not {content_type:?}"),
+        ));
+    }
+    let bytes = to_bytes(body, MAX_SDP_BYTES).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the offer is larger than {MAX_SDP_BYTES} bytes"),
+        )
+    })?;
+    let offer = std::str::from_utf8(&bytes)
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text"))?;
+    let created = state
+        .control
+        .create(role, &room, offer)
+        .await
+        .map_err(control_problem)?;
+    let location = format!("/resource/{}", created.resource);
+    let mut response = (StatusCode::CREATED, created.answer).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", &created.resource[..16])) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+/// `DELETE /resource/{id}`: end a session.
+pub(crate) async fn delete_resource(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    state.control.delete(&id).await.map_err(control_problem)?;
+    info!(resource = %id, "session deleted by client");
+    Ok(StatusCode::OK)
+}
+
+/// `OPTIONS` on a WHIP/WHEP endpoint: CORS preflight and what POST takes.
+pub(crate) async fn endpoint_options() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, POST"),
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+        ],
+    )
+}
+
+/// `OPTIONS` on a session resource.
+pub(crate) async fn resource_options() -> impl IntoResponse {
+    (StatusCode::NO_CONTENT, [(header::ALLOW, "OPTIONS, DELETE")])
+}
+
+/// Rooms are named by URL-safe words: letters, digits, `-` and `_`.
+fn check_room_name(room: &str) -> Result<(), Problem> {
+    let valid = !room.is_empty()
+        && room.len() <= 64
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "a room name is 1 to 64 letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+fn control_problem(e: ControlError) -> Problem {
+    let status = match &e {
+        ControlError::Negotiate(sluice_server::NegotiateError::UnsupportedCodec(_)) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        ControlError::Negotiate(_) => StatusCode::BAD_REQUEST,
+        ControlError::NotFound => StatusCode::NOT_FOUND,
+        ControlError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Problem::new(status, e.to_string())
+}

@@ -1,0 +1,145 @@
+//! The typed interface between the control plane and the shard.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use sluice_session::{NegotiateError, Role};
+use tokio::sync::{mpsc, oneshot};
+
+/// Settings of the media server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address put into ICE candidates; needed when the socket is bound
+    /// to an unspecified address (0.0.0.0).
+    pub public_ip: Option<IpAddr>,
+    /// A peer silent for this long is dropped (RFC 7675 consent).
+    pub consent_timeout: Duration,
+    /// At most one keyframe request per publication layer per interval.
+    pub keyframe_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            public_ip: None,
+            consent_timeout: Duration::from_secs(30),
+            keyframe_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The host candidate to announce for a socket bound to `local`.
+    pub fn candidate_address(&self, local: SocketAddr) -> std::io::Result<SocketAddr> {
+        match self.public_ip {
+            Some(ip) => Ok(SocketAddr::new(ip, local.port())),
+            None if local.ip().is_unspecified() => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the UDP socket is bound to an unspecified address: set a public IP for ICE candidates",
+            )),
+            None => Ok(local),
+        }
+    }
+}
+
+/// A session the shard created.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The unguessable resource id (128 random bits, hex).
+    pub resource: String,
+    /// The SDP answer.
+    pub answer: String,
+}
+
+/// Why a control request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// The offer was refused.
+    Negotiate(NegotiateError),
+    /// No session has that resource id.
+    NotFound,
+    /// The media server is shutting down or gone.
+    Unavailable,
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Negotiate(e) => e.fmt(f),
+            ControlError::NotFound => f.write_str("no such session"),
+            ControlError::Unavailable => f.write_str("the media server is not running"),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// A request to the shard, with its reply channel.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Create {
+        role: Role,
+        room: String,
+        offer: String,
+        reply: oneshot::Sender<Result<Created, ControlError>>,
+    },
+    Delete {
+        resource: String,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    Shutdown,
+}
+
+/// Cheap, cloneable handle to the media server.
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ControlHandle {
+    pub(crate) fn new(tx: mpsc::Sender<Command>) -> Self {
+        ControlHandle { tx }
+    }
+
+    /// Create a publisher or viewer session in `room` from an SDP offer.
+    pub async fn create(
+        &self,
+        role: Role,
+        room: &str,
+        offer: &str,
+    ) -> Result<Created, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Create {
+            role,
+            room: room.to_owned(),
+            offer: offer.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// End the session with this resource id.
+    pub async fn delete(&self, resource: &str) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Delete {
+            resource: resource.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// Close every session and stop the shard.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+
+    async fn send(&self, command: Command) -> Result<(), ControlError> {
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| ControlError::Unavailable)
+    }
+}

@@ -1,0 +1,443 @@
+//! The shard: one tokio task owning the UDP socket, every session and the
+//! router, so forwarding within a room needs no lock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_router::forwarder::Vp8Ids;
+use sluice_router::router::RouterConfig;
+use sluice_router::{Forward, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId};
+use sluice_session::demux::stun_server_ufrag;
+use sluice_session::{
+    CloseReason, IncomingRtp, Mid, Role, Session, SessionConfig, SessionEvent, SessionOutput,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::control::{Command, ControlError, Created, ServerConfig};
+
+/// Largest datagram read from the socket.
+const MAX_DATAGRAM: usize = 2048;
+/// Datagrams read per wake-up before timers and commands get a turn.
+const RECV_BATCH: usize = 64;
+
+/// A session and what the shard knows about it.
+struct Entry {
+    session: Session,
+    room: Arc<str>,
+    resource: String,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    /// Incoming media sections and the publications they feed.
+    publications: Vec<(Mid, PublicationId)>,
+    /// Outgoing media sections, indexed by [`TrackId`].
+    tracks: Vec<Mid>,
+    next_timeout: Option<Instant>,
+}
+
+/// Owner of all sessions of this server.
+pub(crate) struct Shard {
+    socket: UdpSocket,
+    local: SocketAddr,
+    session_config: SessionConfig,
+    router: Router,
+    sessions: HashMap<SessionId, Entry>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    by_ufrag: HashMap<String, SessionId>,
+    by_resource: HashMap<String, SessionId>,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    events: VecDeque<(SessionId, SessionEvent)>,
+    forwards: Vec<Forward>,
+    next_id: u64,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        config: ServerConfig,
+        socket: UdpSocket,
+        local: SocketAddr,
+        candidate: SocketAddr,
+    ) -> Self {
+        Shard {
+            socket,
+            local,
+            session_config: SessionConfig {
+                candidates: vec![candidate],
+                consent_timeout: config.consent_timeout,
+            },
+            router: Router::new(RouterConfig {
+                keyframe_interval: config.keyframe_interval,
+            }),
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_resource: HashMap::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+            forwards: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Run until shut down or every control handle is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        info!(udp = %self.local, "media shard started");
+        loop {
+            let deadline = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| *t)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    match received {
+                        Ok((n, source)) => self.on_datagram(Instant::now(), source, n, &mut buf),
+                        Err(e) => debug!("udp receive error: {e}"),
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => self.on_timers(Instant::now()),
+            }
+        }
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.close(id, CloseReason::Ended);
+        }
+        info!("media shard stopped");
+    }
+
+    /// Handle one received datagram, then whatever else is already queued.
+    fn on_datagram(&mut self, now: Instant, source: SocketAddr, n: usize, buf: &mut [u8]) {
+        self.dispatch(now, source, &buf[..n]);
+        for _ in 1..RECV_BATCH {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, source)) => self.dispatch(now, source, &buf[..n]),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
+        let id = match self.by_addr.get(&source) {
+            Some(id) => *id,
+            None => {
+                let Some(id) = stun_server_ufrag(datagram).and_then(|u| self.by_ufrag.get(u))
+                else {
+                    return;
+                };
+                let id = *id;
+                if let Some(entry) = self.sessions.get_mut(&id) {
+                    debug!(session = id.0, peer = %source, "learned peer address");
+                    entry.addrs.push(source);
+                    self.by_addr.insert(source, id);
+                }
+                id
+            }
+        };
+        let local = self.local;
+        if let Some(entry) = self.sessions.get_mut(&id) {
+            entry.session.handle_datagram(now, source, local, datagram);
+            self.drive(id);
+            self.process_events(now);
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(entry) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if entry.next_timeout != Some(at) {
+                continue; // superseded by a later timeout
+            }
+            entry.next_timeout = None;
+            entry.session.handle_timeout(now);
+            self.drive(id);
+        }
+        self.process_events(now);
+    }
+
+    /// Drain a session's outputs: send its datagrams, queue its events and
+    /// schedule its next timeout.
+    fn drive(&mut self, id: SessionId) {
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match entry.session.poll() {
+                SessionOutput::Transmit(t) => {
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        debug!(session = id.0, "udp send to {} failed: {e}", t.destination);
+                    }
+                }
+                SessionOutput::Event(e) => self.events.push_back((id, e)),
+                SessionOutput::Timeout(t) => {
+                    if entry.next_timeout != Some(t) {
+                        entry.next_timeout = Some(t);
+                        self.timers.push(Reverse((t, id)));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some((id, event)) = self.events.pop_front() {
+            self.on_session_event(id, event, now);
+            while let Some(event) = self.router.poll_event() {
+                let sluice_router::RouterEvent::RequestKeyframe {
+                    session,
+                    publication,
+                    layer,
+                } = event;
+                if let Some(entry) = self.sessions.get_mut(&session)
+                    && let Some((mid, _)) =
+                        entry.publications.iter().find(|(_, p)| *p == publication)
+                {
+                    entry.session.request_keyframe(*mid, layer);
+                    self.drive(session);
+                }
+            }
+        }
+    }
+
+    fn on_session_event(&mut self, id: SessionId, event: SessionEvent, now: Instant) {
+        match event {
+            SessionEvent::Rtp(rtp) => self.forward(id, *rtp, now),
+            SessionEvent::Connected => {
+                if let Some(e) = self.sessions.get(&id) {
+                    info!(session = id.0, room = %e.room, role = ?e.session.role(), "session connected");
+                }
+            }
+            SessionEvent::MediaAdded { mid, kind, rids } => {
+                let Some(entry) = self.sessions.get_mut(&id) else {
+                    return;
+                };
+                if entry.session.role() == Role::Publisher {
+                    let publication = self
+                        .router
+                        .publish(&entry.room, id, media_kind(kind), &rids);
+                    entry.publications.push((mid, publication));
+                    info!(session = id.0, room = %entry.room, ?kind, layers = rids.len(), "track published");
+                }
+            }
+            SessionEvent::KeyframeRequest { mid } => {
+                if let Some(entry) = self.sessions.get(&id)
+                    && let Some(track) = entry.tracks.iter().position(|m| *m == mid)
+                {
+                    self.router
+                        .on_keyframe_request(id, TrackId(track as u32), now);
+                }
+            }
+            SessionEvent::Closed(reason) => self.remove(id, reason),
+        }
+    }
+
+    /// Fan one publisher packet out to its viewers.
+    fn forward(&mut self, publisher: SessionId, rtp: IncomingRtp, now: Instant) {
+        let Some(entry) = self.sessions.get(&publisher) else {
+            return;
+        };
+        let Some(&(_, publication)) = entry.publications.iter().find(|(m, _)| *m == rtp.mid) else {
+            return;
+        };
+        let packet = &rtp.packet;
+        let meta = PacketMeta {
+            seq: *packet.seq_no,
+            ts: packet.header.timestamp,
+            marker: packet.header.marker,
+            keyframe: rtp.codec.is_keyframe(&packet.payload),
+            vp8: rtp.vp8.and_then(|d| {
+                Some(Vp8Ids {
+                    picture_id: d.picture_id()?,
+                    tl0_pic_idx: d.tl0_pic_idx(),
+                })
+            }),
+            arrival: now,
+        };
+        let mut forwards = std::mem::take(&mut self.forwards);
+        self.router
+            .on_packet(publication, rtp.layer, &meta, &mut forwards);
+        for f in forwards.drain(..) {
+            let Some(viewer) = self.sessions.get_mut(&f.session) else {
+                continue;
+            };
+            let Some(&mid) = viewer.tracks.get(f.track.0 as usize) else {
+                continue;
+            };
+            let vp8 = rtp
+                .vp8
+                .zip(f.rewritten.vp8)
+                .map(|(d, ids)| (d, ids.picture_id, ids.tl0_pic_idx));
+            let written = viewer.session.write_rtp(
+                mid,
+                &rtp.params,
+                f.rewritten.seq,
+                f.rewritten.ts,
+                packet.header.marker,
+                packet.payload.clone(),
+                packet.timestamp,
+                vp8,
+            );
+            if written {
+                self.drive(f.session);
+            }
+        }
+        self.forwards = forwards;
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Create {
+                role,
+                room,
+                offer,
+                reply,
+            } => {
+                let result = self.create(role, &room, &offer);
+                if let Err(e) = &result {
+                    info!(room = %room, ?role, "offer refused: {e}");
+                }
+                let _ = reply.send(result);
+                self.process_events(Instant::now());
+            }
+            Command::Delete { resource, reply } => {
+                let result = match self.by_resource.get(&resource).copied() {
+                    Some(id) => {
+                        self.close(id, CloseReason::Ended);
+                        Ok(())
+                    }
+                    None => Err(ControlError::NotFound),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn create(&mut self, role: Role, room: &str, offer: &str) -> Result<Created, ControlError> {
+        let now = Instant::now();
+        let codecs = match role {
+            Role::Publisher => Vec::new(),
+            Role::Viewer => self.publisher_codecs(room),
+        };
+        let (mut session, answer) =
+            Session::accept(role, offer, &self.session_config, &codecs, now)
+                .map_err(ControlError::Negotiate)?;
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        let resource = format!("{:032x}", rand::random::<u128>());
+        let ufrag = session.local_ufrag();
+        let room: Arc<str> = Arc::from(room);
+        let mut tracks = Vec::new();
+        if role == Role::Viewer {
+            for (index, (mid, kind)) in session.send_tracks().into_iter().enumerate() {
+                let kind = media_kind(kind);
+                let clock_rate = if kind == MediaKind::Video {
+                    90_000
+                } else {
+                    48_000
+                };
+                self.router.subscribe(
+                    &room,
+                    id,
+                    TrackId(index as u32),
+                    kind,
+                    clock_rate,
+                    rand::random(),
+                );
+                tracks.push(mid);
+            }
+        }
+        info!(session = id.0, room = %room, ?role, resource = %resource, "session created");
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.by_resource.insert(resource.clone(), id);
+        self.sessions.insert(
+            id,
+            Entry {
+                session,
+                room,
+                resource: resource.clone(),
+                ufrag,
+                addrs: Vec::new(),
+                publications: Vec::new(),
+                tracks,
+                next_timeout: None,
+            },
+        );
+        self.drive(id);
+        Ok(Created { resource, answer })
+    }
+
+    /// The codecs the room's current publishers send, which a new viewer
+    /// must be able to receive.
+    fn publisher_codecs(&self, room: &str) -> Vec<sluice_session::PayloadParams> {
+        let mut codecs = Vec::new();
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let Some(publisher) = self
+                .router
+                .feed(room, kind)
+                .and_then(|p| self.router.publisher_of(p))
+                .and_then(|s| self.sessions.get(&s))
+            else {
+                continue;
+            };
+            for params in publisher.session.receive_codecs() {
+                let is_video = params.spec().codec.is_video();
+                if is_video == (kind == MediaKind::Video) && !codecs.contains(&params) {
+                    codecs.push(params);
+                }
+            }
+        }
+        codecs
+    }
+
+    /// Ask a session to close; its `Closed` event removes it.
+    fn close(&mut self, id: SessionId, reason: CloseReason) {
+        if let Some(entry) = self.sessions.get_mut(&id) {
+            entry.session.close(reason);
+            self.drive(id);
+            self.process_events(Instant::now());
+        }
+    }
+
+    /// Forget a closed session and everything routed to or from it.
+    fn remove(&mut self, id: SessionId, reason: CloseReason) {
+        let Some(entry) = self.sessions.remove(&id) else {
+            return;
+        };
+        for (_, publication) in &entry.publications {
+            self.router.unpublish(*publication);
+        }
+        self.router.unsubscribe_session(id);
+        for addr in &entry.addrs {
+            self.by_addr.remove(addr);
+        }
+        self.by_ufrag.remove(&entry.ufrag);
+        self.by_resource.remove(&entry.resource);
+        match reason {
+            CloseReason::Ended => info!(session = id.0, room = %entry.room, "session ended"),
+            _ => warn!(session = id.0, room = %entry.room, ?reason, "session lost"),
+        }
+    }
+}
+
+fn media_kind(kind: sluice_session::MediaKind) -> MediaKind {
+    match kind {
+        sluice_session::MediaKind::Audio => MediaKind::Audio,
+        sluice_session::MediaKind::Video => MediaKind::Video,
+    }
+}

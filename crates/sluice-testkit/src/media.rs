@@ -1,0 +1,96 @@
+//! Synthetic media that looks real to an SFU: VP8 packets with valid payload
+//! descriptors and keyframe headers, and Opus-sized audio packets.
+
+/// Length of the VP8 payload descriptor this generator writes (X, I, 15-bit
+/// picture id). Bytes after it are never rewritten by an SFU.
+pub const VP8_DESCRIPTOR_LEN: usize = 4;
+
+/// Packets of one video frame.
+pub const PACKETS_PER_FRAME: usize = 3;
+
+/// Generator of numbered media frames.
+#[derive(Debug, Default)]
+pub struct SyntheticMedia {
+    frame: u32,
+    audio: u32,
+    force_keyframe: bool,
+}
+
+impl SyntheticMedia {
+    /// Frames between periodic keyframes (one second at 30 fps).
+    pub const KEYFRAME_EVERY: u32 = 30;
+
+    /// Make the next video frame a keyframe (on PLI/FIR).
+    pub fn request_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    /// The packets of the next video frame: `(payload, marker)` and whether
+    /// it is a keyframe. The RTP timestamp is `frame * 3000` (30 fps).
+    pub fn next_video_frame(&mut self) -> (Vec<(Vec<u8>, bool)>, bool, u32) {
+        let frame = self.frame;
+        self.frame += 1;
+        let keyframe = self.force_keyframe || frame.is_multiple_of(Self::KEYFRAME_EVERY);
+        self.force_keyframe = false;
+        let picture_id = (frame & 0x7fff) as u16;
+        let packets = (0..PACKETS_PER_FRAME)
+            .map(|i| {
+                let start = i == 0;
+                let mut p = Vec::with_capacity(300);
+                p.push(if start { 0x90 } else { 0x80 }); // X=1, S=start, PID=0
+                p.push(0x80); // I=1: picture id present
+                p.push(0x80 | (picture_id >> 8) as u8);
+                p.push(picture_id as u8);
+                if start {
+                    // VP8 frame header: P bit (inverse key frame) and show_frame.
+                    p.push(if keyframe { 0x10 } else { 0x11 });
+                }
+                p.extend(frame.to_be_bytes());
+                p.push(i as u8);
+                p.resize(300, (frame as u8) ^ (i as u8));
+                (p, i + 1 == PACKETS_PER_FRAME)
+            })
+            .collect();
+        (packets, keyframe, frame.wrapping_mul(3000))
+    }
+
+    /// The next 20 ms audio packet and its RTP timestamp (48 kHz).
+    pub fn next_audio(&mut self) -> (Vec<u8>, u32) {
+        let n = self.audio;
+        self.audio += 1;
+        let mut p = vec![0xfc];
+        p.extend(n.to_be_bytes());
+        p.resize(80, n as u8);
+        (p, n.wrapping_mul(960))
+    }
+}
+
+/// Whether a VP8 payload made by [`SyntheticMedia`] (or anyone) starts a
+/// keyframe.
+pub fn vp8_starts_keyframe(payload: &[u8]) -> bool {
+    payload.len() > VP8_DESCRIPTOR_LEN
+        && payload[0] & 0x10 != 0
+        && payload[VP8_DESCRIPTOR_LEN] & 0x01 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframes_are_periodic_and_on_request() {
+        let mut m = SyntheticMedia::default();
+        let (packets, key, ts) = m.next_video_frame();
+        assert!(key && ts == 0);
+        assert!(vp8_starts_keyframe(&packets[0].0));
+        assert!(
+            !vp8_starts_keyframe(&packets[1].0),
+            "only the first packet starts it"
+        );
+        assert!(packets[2].1 && !packets[0].1, "marker on the last packet");
+        let (packets, key, ts) = m.next_video_frame();
+        assert!(!key && ts == 3000 && !vp8_starts_keyframe(&packets[0].0));
+        m.request_keyframe();
+        assert!(m.next_video_frame().1);
+    }
+}

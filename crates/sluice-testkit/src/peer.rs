@@ -1,0 +1,449 @@
+//! A str0m client peer speaking WHIP or WHEP against a real server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::media::SyntheticMedia;
+
+/// Audio or video, for recorded packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Audio.
+    Audio,
+    /// Video.
+    Video,
+}
+
+/// One RTP packet a peer sent or received.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    /// Audio or video.
+    pub kind: Kind,
+    /// Extended sequence number.
+    pub seq: u64,
+    /// RTP timestamp.
+    pub ts: u32,
+    /// The RTP payload.
+    pub payload: Arc<[u8]>,
+    /// When it was sent or received.
+    pub at: Instant,
+}
+
+/// What a test wants from a peer.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// Server base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Room name.
+    pub room: String,
+    /// Publish (WHIP) or watch (WHEP).
+    pub publish: bool,
+    /// Bearer token to send, if any.
+    pub token: Option<String>,
+}
+
+/// Why a peer could not start.
+#[derive(Debug)]
+pub enum PeerError {
+    /// HTTP transport failure.
+    Http(String),
+    /// The server answered with an error status; the body explains it.
+    Status(u16, String),
+    /// Local WebRTC or socket failure.
+    Local(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Http(e) => write!(f, "http: {e}"),
+            PeerError::Status(s, b) => write!(f, "server answered {s}: {b}"),
+            PeerError::Local(e) => write!(f, "local: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+/// What the peer's task shares with the test.
+#[derive(Debug, Default)]
+pub struct PeerState {
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// Packets sent (publisher).
+    pub sent: Vec<Packet>,
+    /// Packets received (viewer).
+    pub received: Vec<Packet>,
+    /// Keyframe requests received from the server (publisher).
+    pub keyframe_requests: u32,
+}
+
+/// A running test peer. Dropping it stops the peer without telling the
+/// server (like a vanished browser); [`Peer::delete`] ends it properly.
+pub struct Peer {
+    /// The session resource URL from the `Location` header.
+    pub resource: String,
+    state: Arc<Mutex<PeerState>>,
+    commands: watch::Sender<PeerCommand>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerCommand {
+    Run,
+    RequestKeyframe,
+    Stop,
+}
+
+impl Peer {
+    /// Negotiate with the server and start the peer's task.
+    pub async fn start(options: PeerOptions) -> Result<Peer, PeerError> {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| PeerError::Local(e.to_string()))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| PeerError::Local(e.to_string()))?;
+        let now = Instant::now();
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| PeerError::Local(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let dir = if options.publish {
+            Direction::SendOnly
+        } else {
+            Direction::RecvOnly
+        };
+        let mut change = rtc.sdp_api();
+        let audio = change.add_media(MediaKind::Audio, dir, Some("test".into()), None, None);
+        let video = change.add_media(MediaKind::Video, dir, Some("test".into()), None, None);
+        let (offer, pending) = change.apply().ok_or(PeerError::Local("no offer".into()))?;
+        let endpoint = if options.publish { "whip" } else { "whep" };
+        let url = format!("{}/{}/{}", options.url, endpoint, options.room);
+        let (answer, location) =
+            post_offer(&url, &offer.to_sdp_string(), options.token.as_deref()).await?;
+        let resource = absolute(&options.url, &location);
+        accept(&mut rtc, pending, &answer)?;
+        let state = Arc::new(Mutex::new(PeerState::default()));
+        let (commands, rx) = watch::channel(PeerCommand::Run);
+        let driver = Driver {
+            rtc,
+            socket,
+            local,
+            state: state.clone(),
+            audio,
+            video,
+            publish: options.publish,
+            media: SyntheticMedia::default(),
+        };
+        let task = tokio::spawn(driver.run(rx));
+        Ok(Peer {
+            resource,
+            state,
+            commands,
+            task,
+        })
+    }
+
+    /// Look at what the peer recorded so far.
+    pub fn with_state<R>(&self, f: impl FnOnce(&PeerState) -> R) -> R {
+        f(&self.state.lock())
+    }
+
+    /// Wait until `f` holds on the recorded state, or `timeout` passes.
+    pub async fn wait_for(&self, timeout: Duration, f: impl Fn(&PeerState) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if f(&self.state.lock()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f(&self.state.lock())
+    }
+
+    /// Send a PLI for the video track (viewer).
+    pub fn request_keyframe(&self) {
+        let _ = self.commands.send(PeerCommand::RequestKeyframe);
+    }
+
+    /// Stop the peer's task without telling the server.
+    pub async fn vanish(self) {
+        let _ = self.commands.send(PeerCommand::Stop);
+        let _ = self.task.await;
+    }
+
+    /// End the session with an HTTP DELETE, then stop. Returns the status.
+    pub async fn delete(self) -> Result<u16, PeerError> {
+        let status = reqwest::Client::new()
+            .delete(&self.resource)
+            .send()
+            .await
+            .map_err(|e| PeerError::Http(e.to_string()))?
+            .status()
+            .as_u16();
+        self.vanish().await;
+        Ok(status)
+    }
+}
+
+/// POST an SDP offer; returns the answer and the `Location` header.
+pub async fn post_offer(
+    url: &str,
+    offer: &str,
+    token: Option<&str>,
+) -> Result<(String, String), PeerError> {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/sdp")
+        .body(offer.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| PeerError::Http(e.to_string()))?;
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| PeerError::Http(e.to_string()))?;
+    if status != 201 {
+        return Err(PeerError::Status(status, body));
+    }
+    Ok((body, location))
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), PeerError> {
+    let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| PeerError::Local(e.to_string()))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| PeerError::Local(e.to_string()))
+}
+
+/// The peer's event loop.
+struct Driver {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    state: Arc<Mutex<PeerState>>,
+    audio: Mid,
+    video: Mid,
+    publish: bool,
+    media: SyntheticMedia,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: watch::Receiver<PeerCommand>) {
+        let mut buf = vec![0u8; 2048];
+        let start = Instant::now();
+        let mut next_video = start;
+        let mut next_audio = start;
+        loop {
+            let Some(timeout) = self.drain().await else {
+                return;
+            };
+            let connected = self.state.lock().connected;
+            let media_due = if self.publish && connected {
+                next_video.min(next_audio)
+            } else {
+                timeout
+            };
+            let wake = timeout.min(media_due).max(Instant::now());
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, source)) = received else { continue };
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(Instant::now(), Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: self.local,
+                        contents,
+                    });
+                    if self.rtc.handle_input(input).is_err() {
+                        return;
+                    }
+                }
+                changed = commands.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let command = *commands.borrow_and_update();
+                    match command {
+                        PeerCommand::Stop => return,
+                        PeerCommand::RequestKeyframe => self.send_pli(),
+                        PeerCommand::Run => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+                        return;
+                    }
+                    if self.publish && self.state.lock().connected {
+                        if now >= next_video {
+                            self.send_video_frame(now).await;
+                            next_video += Duration::from_millis(33);
+                        }
+                        if now >= next_audio {
+                            self.send_audio(now).await;
+                            next_audio += Duration::from_millis(20);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Poll until timeout, sending datagrams and recording events.
+    async fn drain(&mut self) -> Option<Instant> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Some(t),
+                Ok(Output::Transmit(t)) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Event(e)) => self.on_event(e),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => self.state.lock().connected = true,
+            Event::KeyframeRequest(_) => {
+                self.media.request_keyframe();
+                self.state.lock().keyframe_requests += 1;
+            }
+            Event::RtpPacket(p) => {
+                let mid = self
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&p.header.ssrc)
+                    .map(|s| s.mid());
+                let kind = if mid == Some(self.video) {
+                    Kind::Video
+                } else {
+                    Kind::Audio
+                };
+                self.state.lock().received.push(Packet {
+                    kind,
+                    seq: *p.seq_no,
+                    ts: p.header.timestamp,
+                    payload: p.payload.clone(),
+                    at: p.timestamp,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn payload_type(&self, codec: Codec) -> Option<Pt> {
+        self.rtc
+            .codec_config()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+    }
+
+    async fn send_video_frame(&mut self, now: Instant) {
+        let Some(pt) = self.payload_type(Codec::Vp8) else {
+            return;
+        };
+        let (packets, _, ts) = self.media.next_video_frame();
+        for (payload, marker) in packets {
+            let payload: Arc<[u8]> = payload.into();
+            let seq = self.write(self.video, pt, ts, marker, payload.clone(), now);
+            if let Some(seq) = seq {
+                self.record_sent(Kind::Video, seq, ts, payload, now);
+            }
+            if self.drain().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    async fn send_audio(&mut self, now: Instant) {
+        let Some(pt) = self.payload_type(Codec::Opus) else {
+            return;
+        };
+        let (payload, ts) = self.media.next_audio();
+        let payload: Arc<[u8]> = payload.into();
+        if let Some(seq) = self.write(self.audio, pt, ts, false, payload.clone(), now) {
+            self.record_sent(Kind::Audio, seq, ts, payload, now);
+        }
+        let _ = self.drain().await;
+    }
+
+    fn record_sent(&self, kind: Kind, seq: u64, ts: u32, payload: Arc<[u8]>, at: Instant) {
+        self.state.lock().sent.push(Packet {
+            kind,
+            seq,
+            ts,
+            payload,
+            at,
+        });
+    }
+
+    /// Write one RTP packet; returns its sequence number.
+    fn write(
+        &mut self,
+        mid: Mid,
+        pt: Pt,
+        ts: u32,
+        marker: bool,
+        payload: Arc<[u8]>,
+        now: Instant,
+    ) -> Option<u64> {
+        let kind = if mid == self.video {
+            Kind::Video
+        } else {
+            Kind::Audio
+        };
+        let seq = {
+            let state = self.state.lock();
+            state.sent.iter().filter(|p| p.kind == kind).count() as u64 + 1
+        };
+        let mut api = self.rtc.direct_api();
+        let stream = api.stream_tx_by_mid(mid, None)?;
+        stream.write_rtp(
+            RtpWrite::new(pt, seq.into(), ts, now, payload)
+                .marker(marker)
+                .nackable(kind == Kind::Video),
+        );
+        Some(seq)
+    }
+
+    fn send_pli(&mut self) {
+        if let Some(stream) = self.rtc.direct_api().stream_rx_by_mid(self.video, None) {
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+        }
+    }
+}

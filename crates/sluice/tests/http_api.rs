@@ -1,0 +1,182 @@
+//! The WHIP/WHEP HTTP contract: status codes, headers and problem bodies.
+
+mod common;
+
+use common::TestServer;
+use sluice_testkit::{Peer, PeerOptions};
+
+async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .header("origin", "http://example.test")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The problem body of an error response, checked to be RFC 9457 JSON.
+async fn problem(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "errors are problem details"
+    );
+    assert!(
+        response
+            .headers()
+            .contains_key("access-control-allow-origin"),
+        "CORS on errors"
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains(&format!("\"status\":{status}")), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let server = TestServer::start().await;
+    let whip = format!("{}/whip/room1", server.url);
+
+    let body = problem(post(&whip, "text/plain", "v=0").await, 415).await;
+    assert!(body.contains("application/sdp"), "{body}");
+
+    let body = problem(post(&whip, "application/sdp", "this is not sdp").await, 400).await;
+    assert!(body.contains("malformed SDP"), "{body}");
+
+    let huge = vec![b'a'; 70 * 1024];
+    problem(post(&whip, "application/sdp", huge).await, 413).await;
+
+    let body = problem(
+        post(
+            &format!("{}/whip/bad.room!", server.url),
+            "application/sdp",
+            "v=0",
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(body.contains("room name"), "{body}");
+
+    let body = problem(
+        post(
+            &format!("{}/whep/room1", server.url),
+            "application/sdp",
+            "v=0\r\n",
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(body.contains("malformed SDP"), "{body}");
+
+    let client = reqwest::Client::new();
+    let gone = client
+        .delete(format!(
+            "{}/resource/00000000000000000000000000000000",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    problem(gone, 404).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn endpoints_answer_options_and_refuse_other_methods() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    for endpoint in ["whip", "whep"] {
+        let url = format!("{}/{endpoint}/room1", server.url);
+        let options = client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", "http://example.test")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert!(options.status().is_success());
+        assert_eq!(options.headers()["access-control-allow-origin"], "*");
+        let plain = client
+            .request(reqwest::Method::OPTIONS, &url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(plain.headers()["accept-post"], "application/sdp");
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
+            let r = client.request(method.clone(), &url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 405, "{method} {url}");
+        }
+    }
+    let resource = format!("{}/resource/abc", server.url);
+    let r = client.get(&resource).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn created_sessions_carry_location_etag_and_cors() {
+    let server = TestServer::start().await;
+    // A real offer from a str0m peer, sent by hand to read the headers.
+    let peer = Peer::start(PeerOptions {
+        url: server.url.clone(),
+        room: "headers".into(),
+        publish: true,
+        token: Some("ignored-while-auth-is-off".into()),
+    })
+    .await
+    .unwrap();
+    assert!(
+        peer.resource
+            .starts_with(&format!("{}/resource/", server.url))
+    );
+    let id = peer.resource.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "128-bit resource id");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+        a=rtcp-mux\r\na=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n";
+    let r = post(
+        &format!("{}/whip/headers", server.url),
+        "application/sdp",
+        offer,
+    )
+    .await;
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    let answer = r.text().await.unwrap();
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(h["content-type"], "application/sdp");
+    assert!(h["location"].to_str().unwrap().starts_with("/resource/"));
+    assert!(h.contains_key("etag"));
+    let exposed = h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["location", "etag", "link", "accept-patch"] {
+        assert!(exposed.contains(name), "{name} exposed: {exposed}");
+    }
+    assert!(
+        answer.contains("a=recvonly"),
+        "WHIP answers are recvonly:\n{answer}"
+    );
+    assert!(
+        answer.contains("a=candidate:"),
+        "the answer has the server candidate"
+    );
+    assert!(answer.contains("a=ice-lite"));
+
+    assert_eq!(peer.delete().await.unwrap(), 200);
+    server.stop().await;
+}

@@ -1,0 +1,205 @@
+//! WHIP in, WHEP out, through a running server, with str0m client peers on
+//! loopback: what the viewer receives is what the publisher sent.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use sluice_testkit::media::vp8_starts_keyframe;
+use sluice_testkit::peer::PeerState;
+use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VP8_DESCRIPTOR_LEN};
+
+fn options(url: &str, room: &str, publish: bool) -> PeerOptions {
+    PeerOptions {
+        url: url.to_owned(),
+        room: room.to_owned(),
+        publish,
+        token: None,
+    }
+}
+
+fn of_kind(packets: &[Packet], kind: Kind) -> Vec<Packet> {
+    packets.iter().filter(|p| p.kind == kind).cloned().collect()
+}
+
+fn video_received(s: &PeerState) -> usize {
+    s.received.iter().filter(|p| p.kind == Kind::Video).count()
+}
+
+/// The part of a payload an SFU must never change (VP8 picture ids are
+/// rewritten, so skip the descriptor for video).
+fn body(p: &Packet) -> &[u8] {
+    match p.kind {
+        Kind::Video => &p.payload[VP8_DESCRIPTOR_LEN..],
+        Kind::Audio => &p.payload,
+    }
+}
+
+/// Every received packet of `kind`, in order, is the next sent packet:
+/// identical bytes, consecutive sequence numbers, no gaps.
+fn assert_received_is_sent_in_order(sent: &[Packet], received: &[Packet], kind: Kind) {
+    let sent = of_kind(sent, kind);
+    let received = of_kind(received, kind);
+    assert!(!received.is_empty(), "no {kind:?} received");
+    let start = sent
+        .iter()
+        .position(|s| body(s) == body(&received[0]))
+        .expect("first received packet was sent");
+    for (i, r) in received.iter().enumerate() {
+        let s = &sent[start + i];
+        assert_eq!(
+            body(s),
+            body(r),
+            "{kind:?} packet {i} differs from what was sent"
+        );
+        if i > 0 {
+            assert_eq!(
+                r.seq,
+                received[i - 1].seq + 1,
+                "{kind:?} sequence gap at {i}"
+            );
+            assert_eq!(
+                r.ts.wrapping_sub(received[i - 1].ts),
+                s.ts.wrapping_sub(sent[start + i - 1].ts),
+                "{kind:?} timestamp step at {i}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_receives_exactly_what_the_publisher_sends() {
+    let server = TestServer::start().await;
+    let publisher = Peer::start(options(&server.url, "bytes", true))
+        .await
+        .unwrap();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await,
+        "publisher connects"
+    );
+    let viewer = Peer::start(options(&server.url, "bytes", false))
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 90)
+            .await,
+        "viewer receives 30 frames of video"
+    );
+    let received = viewer.with_state(|s| s.received.clone());
+    let video = of_kind(&received, Kind::Video);
+    assert!(
+        vp8_starts_keyframe(&video[0].payload),
+        "the viewer starts at a keyframe"
+    );
+    assert!(video[0].seq < 1 << 15, "sequence numbers start low (ROC 0)");
+    let sent = publisher.with_state(|s| s.sent.clone());
+    assert_received_is_sent_in_order(&sent, &received, Kind::Video);
+    assert_received_is_sent_in_order(&sent, &received, Kind::Audio);
+    // Joining asked the publisher for a keyframe instead of waiting for one.
+    assert!(publisher.with_state(|s| s.keyframe_requests) >= 1);
+
+    // A viewer PLI reaches the publisher.
+    let before = publisher.with_state(|s| s.keyframe_requests);
+    tokio::time::sleep(Duration::from_millis(600)).await; // past the throttle interval
+    viewer.request_keyframe();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(5), |s| s.keyframe_requests > before)
+            .await,
+        "PLI forwarded upstream"
+    );
+
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    assert_eq!(publisher.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_follows_a_new_publisher_without_renegotiation() {
+    let server = TestServer::start().await;
+    // The viewer comes first and waits.
+    let viewer = Peer::start(options(&server.url, "relay", false))
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await
+    );
+
+    let first = Peer::start(options(&server.url, "relay", true))
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 30)
+            .await
+    );
+    assert_eq!(first.delete().await.unwrap(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = viewer.with_state(|s| s.received.len());
+
+    let second = Peer::start(options(&server.url, "relay", true))
+        .await
+        .unwrap();
+    let switched = std::time::Instant::now();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(2), |s| {
+                s.received[before..]
+                    .iter()
+                    .filter(|p| p.kind == Kind::Video)
+                    .count()
+                    >= 3
+            })
+            .await,
+        "video from the new publisher within 2 s"
+    );
+    println!("switch to the new publisher took {:?}", switched.elapsed());
+    let received = viewer.with_state(|s| s.received.clone());
+    // One continuous stream across both publishers: no gap, no repeat.
+    for kind in [Kind::Video, Kind::Audio] {
+        let packets = of_kind(&received, kind);
+        for pair in packets.windows(2) {
+            assert_eq!(pair[1].seq, pair[0].seq + 1, "{kind:?} sequence continues");
+        }
+    }
+    let new_video: Vec<_> = of_kind(&received[before..], Kind::Video);
+    assert!(
+        vp8_starts_keyframe(&new_video[0].payload),
+        "switch happens at a keyframe"
+    );
+
+    assert_eq!(second.delete().await.unwrap(), 200);
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_peer_is_dropped_after_the_consent_timeout() {
+    let server = TestServer::start_with(|c| c.media.consent_timeout_secs = 2).await;
+    let publisher = Peer::start(options(&server.url, "vanish", true))
+        .await
+        .unwrap();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await
+    );
+    let resource = publisher.resource.clone();
+    publisher.vanish().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The session is gone: deleting it now finds nothing.
+    let status = reqwest::Client::new()
+        .delete(&resource)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 404);
+    server.stop().await;
+}

@@ -1,0 +1,203 @@
+// Headless-Chromium end-to-end test for Sluice's WHIP/WHEP browser pages.
+//
+//   SLUICE_URL=http://127.0.0.1:8080 node e2e.mjs
+//
+// Uses the system Chromium (CHROMIUM, default /usr/bin/chromium) with fake
+// camera/microphone devices. Reads the pages' test hooks (window.sluice,
+// window.sluiceStop) and prints one JSON line on success; on failure it
+// prints the reason plus the pages' console logs and exits 1.
+
+import { chromium } from 'playwright-core';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BASE = (process.env.SLUICE_URL || '').replace(/\/+$/, '');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const OUT_DIR = join(dirname(fileURLToPath(import.meta.url)), 'out');
+const HARD_TIMEOUT_MS = 90_000;
+const STEP_TIMEOUT_MS = 20_000;
+
+const ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--autoplay-policy=no-user-gesture-required',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+];
+
+let browser = null;
+const pages = new Map(); // label -> Page
+const logs = [];         // console lines of all pages, prefixed with the label
+let failing = false;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const randomId = () => Math.random().toString(36).slice(2, 10);
+
+/** Closes the browser, but never waits on it for more than 5 s. */
+async function closeBrowser() {
+  if (!browser) return;
+  const b = browser;
+  browser = null;
+  await Promise.race([b.close().catch(() => {}), sleep(5000)]);
+}
+
+/** Prints the reason, the pages' hook state and console logs; exits 1. */
+async function fail(reason) {
+  if (failing) return;
+  failing = true;
+  console.log(`FAIL: ${reason instanceof Error ? reason.stack || reason.message : reason}`);
+  for (const [label, page] of pages) {
+    const state = await Promise.race([hooksOf(page).catch((e) => `unavailable (${e.message})`), sleep(2000)]);
+    console.log(`--- ${label} (${page.url()}) window.sluice = ${JSON.stringify(state)}`);
+  }
+  console.log(`--- browser console (${logs.length} lines)`);
+  for (const line of logs) console.log(line);
+  await closeBrowser();
+  process.exit(1);
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(`assertion failed: ${msg}`);
+}
+
+/** Opens a page in ctx and records its console output under label. */
+async function openPage(ctx, label, url) {
+  const page = await ctx.newPage();
+  pages.set(label, page);
+  page.on('console', (m) => logs.push(`[${label}] ${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`[${label}] pageerror: ${e.message}`));
+  page.on('requestfailed', (r) =>
+    logs.push(`[${label}] requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText ?? ''}`));
+  page.on('response', (r) => {
+    if (r.status() >= 400) logs.push(`[${label}] HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
+  const res = await page.goto(url, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
+  assert(res && res.ok(), `${label}: GET ${url} returned ${res ? res.status() : 'no response'}`);
+  return page;
+}
+
+/** Snapshot of the page's window.sluice test hooks. */
+function hooksOf(page) {
+  return page.evaluate(() => (window.sluice ? JSON.parse(JSON.stringify(window.sluice)) : null));
+}
+
+/**
+ * Waits until `cond` (a JS expression over `s` = window.sluice) holds or the
+ * page reports an error, then returns the hooks. Throws on timeout or error.
+ */
+async function waitHook(label, cond, timeout = STEP_TIMEOUT_MS) {
+  const page = pages.get(label);
+  const expr = `((s) => !!s && (!!s.error || (${cond})))(window.sluice)`;
+  try {
+    await page.waitForFunction(expr, null, { timeout, polling: 100 });
+  } catch (e) {
+    const s = await hooksOf(page).catch(() => null);
+    throw new Error(`${label}: timed out after ${timeout} ms waiting for ${cond}; window.sluice=${JSON.stringify(s)}`);
+  }
+  const s = await hooksOf(page);
+  if (s.error) throw new Error(`${label}: page reported error: ${s.error}`);
+  return s;
+}
+
+/** Test 1: publish, then watch; stats grow; screenshots; Stop on both. */
+async function testPublishWatch(ctx) {
+  const room = `e2e-${randomId()}`;
+  await openPage(ctx, 'publisher', `${BASE}/publish/${room}?autostart=1`);
+  await waitHook('publisher', "s.state === 'connected'");
+
+  const viewer = await openPage(ctx, 'viewer', `${BASE}/watch/${room}?autostart=1`);
+  const first = await waitHook('viewer',
+    's.framesDecoded > 0 && s.frameWidth > 0 && s.firstFrameAt != null && s.postStartedAt != null');
+  const firstFrameMs = Math.round(first.firstFrameAt - first.postStartedAt);
+
+  await sleep(3000);
+  const later = await hooksOf(viewer);
+  assert(later.framesDecoded > first.framesDecoded,
+    `viewer framesDecoded did not increase in 3 s (${first.framesDecoded} -> ${later.framesDecoded})`);
+  const pub = await hooksOf(pages.get('publisher'));
+  assert(pub.layers.some((l) => l.bytesSent > 0), `publisher sent no video bytes: ${JSON.stringify(pub.layers)}`);
+
+  await mkdir(OUT_DIR, { recursive: true });
+  await pages.get('publisher').screenshot({ path: join(OUT_DIR, 'publish.png') });
+  await viewer.screenshot({ path: join(OUT_DIR, 'watch.png') });
+
+  const viewerStop = await viewer.evaluate(() => window.sluiceStop());
+  assert(viewerStop === 200, `viewer DELETE returned ${viewerStop}, expected 200`);
+  const publisherStop = await pages.get('publisher').evaluate(() => window.sluiceStop());
+  assert(publisherStop === 200, `publisher DELETE returned ${publisherStop}, expected 200`);
+  await waitHook('viewer', "s.state === 'closed' && s.stopped", 2000);
+  await waitHook('publisher', "s.state === 'closed' && s.stopped", 2000);
+
+  return { firstFrameMs, width: later.frameWidth, height: later.frameHeight };
+}
+
+/** Test 2: the landing page renders and shows the WHIP URL. */
+async function testIndex(ctx) {
+  const page = await openPage(ctx, 'index', `${BASE}/`);
+  const title = await page.title();
+  assert(title.includes('Sluice'), `index title ${JSON.stringify(title)} does not contain "Sluice"`);
+  const whip = await page.textContent('#whip-url');
+  assert(whip && whip.endsWith('/whip/demo'), `index WHIP URL is ${JSON.stringify(whip)}`);
+  await mkdir(OUT_DIR, { recursive: true });
+  await page.screenshot({ path: join(OUT_DIR, 'index.png'), fullPage: true });
+  await page.close();
+  pages.delete('index');
+}
+
+/** Test 3: a viewer joins an empty room; frames arrive once a publisher joins. */
+async function testViewerFirst(ctx) {
+  const room = `e2e-${randomId()}`;
+  await openPage(ctx, 'early-viewer', `${BASE}/watch/${room}?autostart=1`);
+  await sleep(2000);
+  const before = await hooksOf(pages.get('early-viewer'));
+  if (before.error) throw new Error(`early-viewer: page reported error before publisher: ${before.error}`);
+
+  await openPage(ctx, 'late-publisher', `${BASE}/publish/${room}?autostart=1`);
+  const v = await waitHook('early-viewer', 's.framesDecoded > 0 && s.frameWidth > 0 && s.firstFrameWall != null');
+  const p = await hooksOf(pages.get('late-publisher'));
+  // Both pages share one machine clock: publisher's WHIP POST -> viewer's first frame.
+  const lateMs = Math.round(v.firstFrameWall - p.postStartedWall);
+
+  // Tidy up; statuses are not asserted here (test 1 covers DELETE).
+  for (const label of ['early-viewer', 'late-publisher']) {
+    await pages.get(label).evaluate(() => window.sluiceStop()).catch(() => {});
+  }
+  return { lateMs };
+}
+
+async function main() {
+  if (!BASE) throw new Error('SLUICE_URL is not set (e.g. SLUICE_URL=http://127.0.0.1:8080)');
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await ctx.grantPermissions(['camera', 'microphone']).catch(() => {});
+
+  const t1 = await testPublishWatch(ctx);
+  await testIndex(ctx);
+  const t3 = await testViewerFirst(ctx);
+
+  await closeBrowser();
+  console.log(JSON.stringify({
+    ok: true,
+    first_frame_ms: t1.firstFrameMs,
+    first_frame_ms_late_publisher: t3.lateMs,
+    width: t1.width,
+    height: t1.height,
+  }));
+}
+
+const hardTimer = setTimeout(() => fail(new Error(`hard timeout: test did not finish in ${HARD_TIMEOUT_MS / 1000} s`)),
+  HARD_TIMEOUT_MS);
+
+main()
+  .then(() => {
+    clearTimeout(hardTimer);
+    process.exit(0);
+  })
+  .catch((err) => fail(err));
