@@ -45,7 +45,10 @@ fn received_and_lost(state: &PeerState, kind: Kind) -> (u64, u64) {
         return (0, 0);
     };
     let expected = last - first + 1;
-    (seqs.len() as u64, expected.saturating_sub(seqs.len() as u64))
+    (
+        seqs.len() as u64,
+        expected.saturating_sub(seqs.len() as u64),
+    )
 }
 
 #[tokio::main]
@@ -75,7 +78,10 @@ async fn main() -> ExitCode {
         }
     }
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    let sent: usize = publishers.iter().map(|p| p.with_state(|s| s.sent.len())).sum();
+    let sent: usize = publishers
+        .iter()
+        .map(|p| p.with_state(|s| s.sent.len()))
+        .sum();
     println!("publishers {}  packets sent {sent}", publishers.len());
     println!("subscriber  video_rx  video_lost  audio_rx  audio_lost");
     for (i, s) in subscribers.iter().enumerate() {
