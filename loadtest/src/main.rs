@@ -54,12 +54,7 @@ fn received_and_lost(state: &PeerState, kind: Kind) -> (u64, u64) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let options = |publish| PeerOptions {
-        url: args.url.clone(),
-        room: args.room.clone(),
-        publish,
-        token: None,
-    };
+    let options = |publish| PeerOptions::new(&args.url, &args.room, publish);
     let mut peers = Vec::new();
     for i in 0..args.publishers + args.subscribers {
         match Peer::start(options(i < args.publishers)).await {

@@ -5,5 +5,5 @@
 pub mod media;
 pub mod peer;
 
-pub use media::{SyntheticMedia, VP8_DESCRIPTOR_LEN};
+pub use media::{SyntheticMedia, VP8_DESCRIPTOR_LEN, VideoCodec};
 pub use peer::{Kind, Packet, Peer, PeerError, PeerOptions};

@@ -1,9 +1,39 @@
 //! Synthetic media that looks real to an SFU: VP8 packets with valid payload
-//! descriptors and keyframe headers, and Opus-sized audio packets.
+//! descriptors and keyframe headers, H.264 single NAL unit packets with IDR
+//! and non-IDR slices, and Opus-sized audio packets.
 
 /// Length of the VP8 payload descriptor this generator writes (X, I, 15-bit
 /// picture id). Bytes after it are never rewritten by an SFU.
 pub const VP8_DESCRIPTOR_LEN: usize = 4;
+
+/// The video codec a synthetic publisher sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// VP8 (RFC 7741).
+    #[default]
+    Vp8,
+    /// H.264 (RFC 6184), packetization mode 1.
+    H264,
+}
+
+impl VideoCodec {
+    /// How many leading payload bytes an SFU may rewrite (the VP8
+    /// descriptor's picture ids); the rest must arrive unchanged.
+    pub fn rewritable_prefix(self) -> usize {
+        match self {
+            VideoCodec::Vp8 => VP8_DESCRIPTOR_LEN,
+            VideoCodec::H264 => 0,
+        }
+    }
+
+    /// Whether `payload` starts a keyframe of this codec.
+    pub fn starts_keyframe(self, payload: &[u8]) -> bool {
+        match self {
+            VideoCodec::Vp8 => vp8_starts_keyframe(payload),
+            VideoCodec::H264 => payload.first().is_some_and(|b| b & 0x1f == 5),
+        }
+    }
+}
 
 /// Packets of one video frame.
 pub const PACKETS_PER_FRAME: usize = 3;
@@ -11,6 +41,7 @@ pub const PACKETS_PER_FRAME: usize = 3;
 /// Generator of numbered media frames.
 #[derive(Debug, Default)]
 pub struct SyntheticMedia {
+    codec: VideoCodec,
     frame: u32,
     audio: u32,
     force_keyframe: bool,
@@ -19,6 +50,14 @@ pub struct SyntheticMedia {
 impl SyntheticMedia {
     /// Frames between periodic keyframes (one second at 30 fps).
     pub const KEYFRAME_EVERY: u32 = 30;
+
+    /// A generator of `codec` video (and Opus-like audio).
+    pub fn new(codec: VideoCodec) -> Self {
+        SyntheticMedia {
+            codec,
+            ..Default::default()
+        }
+    }
 
     /// Make the next video frame a keyframe (on PLI/FIR).
     pub fn request_keyframe(&mut self) {
@@ -37,13 +76,19 @@ impl SyntheticMedia {
             .map(|i| {
                 let start = i == 0;
                 let mut p = Vec::with_capacity(300);
-                p.push(if start { 0x90 } else { 0x80 }); // X=1, S=start, PID=0
-                p.push(0x80); // I=1: picture id present
-                p.push(0x80 | (picture_id >> 8) as u8);
-                p.push(picture_id as u8);
-                if start {
-                    // VP8 frame header: P bit (inverse key frame) and show_frame.
-                    p.push(if keyframe { 0x10 } else { 0x11 });
+                match self.codec {
+                    VideoCodec::Vp8 => {
+                        p.push(if start { 0x90 } else { 0x80 }); // X=1, S=start, PID=0
+                        p.push(0x80); // I=1: picture id present
+                        p.push(0x80 | (picture_id >> 8) as u8);
+                        p.push(picture_id as u8);
+                        if start {
+                            // VP8 frame header: P bit (inverse key frame) and show_frame.
+                            p.push(if keyframe { 0x10 } else { 0x11 });
+                        }
+                    }
+                    // One slice per packet: IDR (type 5) or non-IDR (type 1).
+                    VideoCodec::H264 => p.push(if keyframe { 0x65 } else { 0x41 }),
                 }
                 p.extend(frame.to_be_bytes());
                 p.push(i as u8);
@@ -76,6 +121,20 @@ pub fn vp8_starts_keyframe(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h264_frames_are_idr_or_non_idr_slices() {
+        let mut m = SyntheticMedia::new(VideoCodec::H264);
+        let (packets, key, _) = m.next_video_frame();
+        assert!(
+            key && packets
+                .iter()
+                .all(|(p, _)| VideoCodec::H264.starts_keyframe(p))
+        );
+        let (packets, key, _) = m.next_video_frame();
+        assert!(!key && !VideoCodec::H264.starts_keyframe(&packets[0].0));
+        assert_eq!(packets[0].0[0], 0x41);
+    }
 
     #[test]
     fn keyframes_are_periodic_and_on_request() {

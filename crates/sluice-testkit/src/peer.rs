@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::media::SyntheticMedia;
+use crate::media::{SyntheticMedia, VideoCodec};
 
 /// Audio or video, for recorded packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,21 @@ pub struct PeerOptions {
     pub publish: bool,
     /// Bearer token to send, if any.
     pub token: Option<String>,
+    /// The only video codec the peer offers (and sends, when publishing).
+    pub video: VideoCodec,
+}
+
+impl PeerOptions {
+    /// A VP8 + Opus peer for `room` at `url`.
+    pub fn new(url: &str, room: &str, publish: bool) -> Self {
+        PeerOptions {
+            url: url.to_owned(),
+            room: room.to_owned(),
+            publish,
+            token: None,
+            video: VideoCodec::Vp8,
+        }
+    }
 }
 
 /// Why a peer could not start.
@@ -117,7 +132,15 @@ impl Peer {
             .local_addr()
             .map_err(|e| PeerError::Local(e.to_string()))?;
         let now = Instant::now();
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
+        let builder = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false);
+        let builder = match options.video {
+            VideoCodec::Vp8 => builder.enable_vp8(true),
+            VideoCodec::H264 => builder.enable_h264(true),
+        };
+        let mut rtc = builder.build(now);
         let candidate =
             Candidate::host(local, "udp").map_err(|e| PeerError::Local(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -146,7 +169,11 @@ impl Peer {
             audio,
             video,
             publish: options.publish,
-            media: SyntheticMedia::default(),
+            codec: match options.video {
+                VideoCodec::Vp8 => Codec::Vp8,
+                VideoCodec::H264 => Codec::H264,
+            },
+            media: SyntheticMedia::new(options.video),
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
@@ -257,6 +284,7 @@ struct Driver {
     audio: Mid,
     video: Mid,
     publish: bool,
+    codec: Codec,
     media: SyntheticMedia,
 }
 
@@ -374,7 +402,7 @@ impl Driver {
     }
 
     async fn send_video_frame(&mut self, now: Instant) {
-        let Some(pt) = self.payload_type(Codec::Vp8) else {
+        let Some(pt) = self.payload_type(self.codec) else {
             return;
         };
         let (packets, _, ts) = self.media.next_video_frame();

@@ -127,10 +127,8 @@ async fn created_sessions_carry_location_etag_and_cors() {
     let server = TestServer::start().await;
     // A real offer from a str0m peer, sent by hand to read the headers.
     let peer = Peer::start(PeerOptions {
-        url: server.url.clone(),
-        room: "headers".into(),
-        publish: true,
         token: Some("ignored-while-auth-is-off".into()),
+        ..PeerOptions::new(&server.url, "headers", true)
     })
     .await
     .unwrap();

@@ -7,16 +7,11 @@ use std::time::Duration;
 
 use common::TestServer;
 use sluice_testkit::media::vp8_starts_keyframe;
-use sluice_testkit::peer::PeerState;
-use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VP8_DESCRIPTOR_LEN};
+use sluice_testkit::peer::{PeerError, PeerState};
+use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VideoCodec};
 
 fn options(url: &str, room: &str, publish: bool) -> PeerOptions {
-    PeerOptions {
-        url: url.to_owned(),
-        room: room.to_owned(),
-        publish,
-        token: None,
-    }
+    PeerOptions::new(url, room, publish)
 }
 
 fn of_kind(packets: &[Packet], kind: Kind) -> Vec<Packet> {
@@ -27,18 +22,21 @@ fn video_received(s: &PeerState) -> usize {
     s.received.iter().filter(|p| p.kind == Kind::Video).count()
 }
 
-/// The part of a payload an SFU must never change (VP8 picture ids are
-/// rewritten, so skip the descriptor for video).
-fn body(p: &Packet) -> &[u8] {
-    match p.kind {
-        Kind::Video => &p.payload[VP8_DESCRIPTOR_LEN..],
-        Kind::Audio => &p.payload,
-    }
-}
-
 /// Every received packet of `kind`, in order, is the next sent packet:
-/// identical bytes, consecutive sequence numbers, no gaps.
-fn assert_received_is_sent_in_order(sent: &[Packet], received: &[Packet], kind: Kind) {
+/// identical bytes (but for the VP8 picture ids an SFU rewrites),
+/// consecutive sequence numbers, no gaps.
+fn assert_received_is_sent_in_order(
+    codec: VideoCodec,
+    sent: &[Packet],
+    received: &[Packet],
+    kind: Kind,
+) {
+    let body = |p: &Packet| -> Vec<u8> {
+        match p.kind {
+            Kind::Video => p.payload[codec.rewritable_prefix()..].to_vec(),
+            Kind::Audio => p.payload.to_vec(),
+        }
+    };
     let sent = of_kind(sent, kind);
     let received = of_kind(received, kind);
     assert!(!received.is_empty(), "no {kind:?} received");
@@ -97,8 +95,8 @@ async fn viewer_receives_exactly_what_the_publisher_sends() {
     );
     assert!(video[0].seq < 1 << 15, "sequence numbers start low (ROC 0)");
     let sent = publisher.with_state(|s| s.sent.clone());
-    assert_received_is_sent_in_order(&sent, &received, Kind::Video);
-    assert_received_is_sent_in_order(&sent, &received, Kind::Audio);
+    assert_received_is_sent_in_order(VideoCodec::Vp8, &sent, &received, Kind::Video);
+    assert_received_is_sent_in_order(VideoCodec::Vp8, &sent, &received, Kind::Audio);
     // Joining asked the publisher for a keyframe instead of waiting for one.
     assert!(publisher.with_state(|s| s.keyframe_requests) >= 1);
 
@@ -176,6 +174,45 @@ async fn viewer_follows_a_new_publisher_without_renegotiation() {
 
     assert_eq!(second.delete().await.unwrap(), 200);
     assert_eq!(viewer.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_reaches_h264_viewers_and_others_get_a_clear_error() {
+    let server = TestServer::start().await;
+    let h264 = |publish| PeerOptions {
+        video: VideoCodec::H264,
+        ..options(&server.url, "h264", publish)
+    };
+    let publisher = Peer::start(h264(true)).await.unwrap();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await
+    );
+    let viewer = Peer::start(h264(false)).await.unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 90)
+            .await
+    );
+    let received = viewer.with_state(|s| s.received.clone());
+    let video = of_kind(&received, Kind::Video);
+    assert!(
+        VideoCodec::H264.starts_keyframe(&video[0].payload),
+        "starts at an IDR"
+    );
+    let sent = publisher.with_state(|s| s.sent.clone());
+    assert_received_is_sent_in_order(VideoCodec::H264, &sent, &received, Kind::Video);
+
+    // A viewer that can only decode VP8 is told why it cannot watch.
+    match Peer::start(options(&server.url, "h264", false)).await {
+        Err(PeerError::Status(422, body)) => assert!(body.contains("H264"), "{body}"),
+        Err(e) => panic!("expected 422, got {e}"),
+        Ok(_) => panic!("a VP8-only viewer was accepted for an H264 room"),
+    }
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    assert_eq!(publisher.delete().await.unwrap(), 200);
     server.stop().await;
 }
 
