@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole Sluice test suite, on a fresh machine: formatting, lints, the
-# Rust unit and integration tests (str0m peers on loopback), and the browser
-# end-to-end tests in headless Chromium (installed with apt-get if missing).
+# Rust unit and integration tests (str0m peers on loopback), the browser
+# end-to-end tests in headless Chromium (installed with apt-get if missing) and
+# the interop test with aiortc (installed from PyPI into a virtualenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,10 +17,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+cargo build -p sluice --locked
+
 if [ "${SLUICE_SKIP_BROWSER:-0}" != 1 ]; then
-    step "browser end-to-end tests"
-    cargo build -p sluice --locked
+    step "browser end-to-end tests (headless Chromium)"
     bash tests/browser/with-server.sh bash tests/browser/run.sh
 fi
+
+step "interop: aiortc publishes H.264 + Opus over WHIP, aiortc watches over WHEP"
+bash tests/browser/with-server.sh bash tests/interop/run.sh
 
 step "all tests passed"
