@@ -14,17 +14,20 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// Layers named by their rids (`None` for a publication without simulcast).
+    /// Layers named by their rids (`[None]`, or no rids at all, for a
+    /// publication without simulcast).
     pub fn new(rids: &[Option<String>]) -> Self {
-        let ranks = rids
+        let mut ranks: Vec<u8> = rids
             .iter()
             .enumerate()
             .map(|(i, rid)| rank(rid.as_deref(), i))
-            .collect::<Vec<_>>();
-        let n = ranks.len().max(1);
+            .collect();
+        if ranks.is_empty() {
+            ranks.push(0);
+        }
         Layers {
-            ranks: if ranks.is_empty() { vec![0] } else { ranks },
-            last_packet: vec![None; n],
+            last_packet: vec![None; ranks.len()],
+            ranks,
         }
     }
 

@@ -126,6 +126,8 @@ struct Room {
     publications: Vec<PublicationId>,
     /// Subscriptions waiting for a publication of their kind.
     parked: Vec<Subscription>,
+    /// Number of subscriptions in the room, wherever they are.
+    subscriptions: usize,
 }
 
 /// Where a subscription lives now.
@@ -299,6 +301,7 @@ impl Router {
             forwarder: Forwarder::new(kind == MediaKind::Video, clock_rate, seed),
         };
         let room = self.rooms.entry(room_key.clone()).or_default();
+        room.subscriptions += 1;
         let feed = room.feeds[kind_index(kind)];
         let location = match feed.and_then(|f| self.publications.get_mut(&f)) {
             Some(publication) => {
@@ -319,32 +322,29 @@ impl Router {
             .insert((session, track), (room_key, location));
     }
 
-    /// Remove every subscription of `session`.
-    pub fn unsubscribe_session(&mut self, session: SessionId) {
-        let keys: Vec<_> = self
-            .subscriptions
-            .keys()
-            .filter(|(s, _)| *s == session)
-            .copied()
-            .collect();
-        for key in keys {
-            let Some((room, location)) = self.subscriptions.remove(&key) else {
-                continue;
-            };
-            match location {
-                Location::Feed(p) => {
-                    if let Some(p) = self.publications.get_mut(&p) {
-                        p.subscriptions.retain(|s| (s.session, s.track) != key);
-                    }
-                }
-                Location::Parked => {
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        r.parked.retain(|s| (s.session, s.track) != key);
-                    }
+    /// Remove one subscription.
+    pub fn unsubscribe(&mut self, session: SessionId, track: TrackId) {
+        let key = (session, track);
+        let Some((room, location)) = self.subscriptions.remove(&key) else {
+            return;
+        };
+        let keep = |s: &Subscription| (s.session, s.track) != key;
+        match location {
+            Location::Feed(p) => {
+                if let Some(p) = self.publications.get_mut(&p) {
+                    p.subscriptions.retain(keep);
                 }
             }
-            self.drop_room_if_empty(&room);
+            Location::Parked => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.parked.retain(keep);
+                }
+            }
         }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.subscriptions -= 1;
+        }
+        self.drop_room_if_empty(&room);
     }
 
     /// Fan one packet of `publication`'s `layer` out to its subscriptions,
@@ -443,9 +443,8 @@ impl Router {
         let empty = self
             .rooms
             .get(room)
-            .is_some_and(|r| r.publications.is_empty() && r.parked.is_empty());
-        let has_subscribers = self.subscriptions.values().any(|(r, _)| &**r == room);
-        if empty && !has_subscribers {
+            .is_some_and(|r| r.publications.is_empty() && r.subscriptions == 0);
+        if empty {
             self.rooms.remove(room);
         }
     }
@@ -625,7 +624,7 @@ mod tests {
         assert_eq!(seqs.len(), 3);
         assert_eq!(seqs[1], seqs[0] + 1);
         assert_eq!(seqs[2], seqs[1] + 1);
-        r.unsubscribe_session(VIEWER);
+        r.unsubscribe(VIEWER, VIDEO);
         assert_eq!(r.subscriber_count(a), 0);
         r.unpublish(a);
         assert_eq!(r.room_count(), 0);

@@ -2,7 +2,7 @@
 //! owns all sessions and the router, and a [`ControlHandle`] through which
 //! the HTTP layer creates and ends sessions.
 //!
-//! The data path of one packet: `recv_from` → [`demux`](shard) by remote
+//! The data path of one packet: `recv_from` → find the session by remote
 //! address (or by STUN ufrag for a new peer) → `Session::handle_datagram` →
 //! drain `Session::poll` → `Router::on_packet` → `Session::write_rtp` on each
 //! viewer → drain each viewer → `send_to`.

@@ -24,6 +24,9 @@ use crate::control::{Command, ControlError, Created, ServerConfig};
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
+/// Remote addresses one session may be reached from (ICE candidates that
+/// proved themselves with a STUN request carrying the session's ufrag).
+const MAX_ADDRS_PER_SESSION: usize = 8;
 
 /// A session and what the shard knows about it.
 struct Entry {
@@ -36,6 +39,7 @@ struct Entry {
     publications: Vec<(Mid, PublicationId)>,
     /// Outgoing media sections, indexed by [`TrackId`].
     tracks: Vec<Mid>,
+    /// The earliest wake-up of this session in the timer heap.
     next_timeout: Option<Instant>,
 }
 
@@ -134,7 +138,9 @@ impl Shard {
                     return;
                 };
                 let id = *id;
-                if let Some(entry) = self.sessions.get_mut(&id) {
+                if let Some(entry) = self.sessions.get_mut(&id)
+                    && entry.addrs.len() < MAX_ADDRS_PER_SESSION
+                {
                     debug!(session = id.0, peer = %source, "learned peer address");
                     entry.addrs.push(source);
                     self.by_addr.insert(source, id);
@@ -160,7 +166,7 @@ impl Shard {
                 continue;
             };
             if entry.next_timeout != Some(at) {
-                continue; // superseded by a later timeout
+                continue; // superseded by an earlier wake-up
             }
             entry.next_timeout = None;
             entry.session.handle_timeout(now);
@@ -171,6 +177,11 @@ impl Shard {
 
     /// Drain a session's outputs: send its datagrams, queue its events and
     /// schedule its next timeout.
+    ///
+    /// Only an earlier wake-up is pushed onto the heap; a later one waits
+    /// for the scheduled one to fire (an early `handle_timeout` is harmless),
+    /// so the heap holds about one entry per session however many packets
+    /// pass through it.
     fn drive(&mut self, id: SessionId) {
         let Some(entry) = self.sessions.get_mut(&id) else {
             return;
@@ -184,7 +195,7 @@ impl Shard {
                 }
                 SessionOutput::Event(e) => self.events.push_back((id, e)),
                 SessionOutput::Timeout(t) => {
-                    if entry.next_timeout != Some(t) {
+                    if entry.next_timeout.is_none_or(|scheduled| t < scheduled) {
                         entry.next_timeout = Some(t);
                         self.timers.push(Reverse((t, id)));
                     }
@@ -216,7 +227,7 @@ impl Shard {
 
     fn on_session_event(&mut self, id: SessionId, event: SessionEvent, now: Instant) {
         match event {
-            SessionEvent::Rtp(rtp) => self.forward(id, *rtp, now),
+            SessionEvent::Rtp(rtp) => self.forward(id, rtp, now),
             SessionEvent::Connected => {
                 if let Some(e) = self.sessions.get(&id) {
                     info!(session = id.0, room = %e.room, role = ?e.session.role(), "session connected");
@@ -422,7 +433,9 @@ impl Shard {
         for (_, publication) in &entry.publications {
             self.router.unpublish(*publication);
         }
-        self.router.unsubscribe_session(id);
+        for track in 0..entry.tracks.len() {
+            self.router.unsubscribe(id, TrackId(track as u32));
+        }
         for addr in &entry.addrs {
             self.by_addr.remove(addr);
         }

@@ -15,6 +15,9 @@ use sluice_router::Codec;
 
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
 
+/// Most simulcast layers a track may have (browsers send up to three).
+const MAX_LAYERS: usize = 4;
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -45,7 +48,11 @@ pub struct IncomingRtp {
 }
 
 /// Something that happened to a session.
+///
+/// `Rtp` is large but not boxed: events go through a queue that keeps its
+/// capacity, so an unboxed packet costs no allocation per packet.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum SessionEvent {
     /// ICE and DTLS are up.
     Connected,
@@ -61,7 +68,7 @@ pub enum SessionEvent {
         rids: Vec<Option<String>>,
     },
     /// An RTP packet arrived.
-    Rtp(Box<IncomingRtp>),
+    Rtp(IncomingRtp),
     /// The peer lost a picture on `mid` (PLI or FIR).
     KeyframeRequest {
         /// The media section of the outgoing track.
@@ -71,8 +78,9 @@ pub enum SessionEvent {
     Closed(CloseReason),
 }
 
-/// One output of [`Session::poll`].
+/// One output of [`Session::poll`], returned by value (no allocation).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum SessionOutput {
     /// Send this datagram.
     Transmit(Transmit),
@@ -343,10 +351,12 @@ impl Session {
                 let l = match rids.iter().position(|r| *r == rid) {
                     Some(l) => l,
                     None if rid.is_none() => 0,
-                    None => {
+                    // An undeclared rid: accept a few, never grow unbounded.
+                    None if rids.len() < MAX_LAYERS => {
                         rids.push(rid);
                         rids.len() - 1
                     }
+                    None => return None,
                 };
                 self.ssrcs.push((ssrc, t, l as u8));
                 (t, l as u8)
@@ -359,14 +369,14 @@ impl Session {
             Codec::Vp8 => Vp8Descriptor::parse(&packet.payload).ok(),
             _ => None,
         };
-        Some(SessionEvent::Rtp(Box::new(IncomingRtp {
+        Some(SessionEvent::Rtp(IncomingRtp {
             mid: self.tracks[track].mid,
             layer,
             codec,
             params,
             vp8,
             packet,
-        })))
+        }))
     }
 
     /// Ask the peer for a keyframe on `mid`'s layer `layer`.
@@ -398,18 +408,16 @@ impl Session {
         if self.closed.is_some() {
             return false;
         }
-        let Some(track) = self.tracks.iter_mut().find(|t| t.mid == mid) else {
+        let Some(track) = self.tracks.iter().position(|t| t.mid == mid) else {
             return false;
         };
-        let out = match track.out_pt {
+        let out = match self.tracks[track].out_pt {
             Some((src, out)) if src.pt() == source.pt() && src.spec() == source.spec() => out,
             _ => {
                 let Some(out) = negotiate::matching_pt(&self.rtc, mid, source) else {
                     return false;
                 };
-                if let Some(track) = self.tracks.iter_mut().find(|t| t.mid == mid) {
-                    track.out_pt = Some((*source, out));
-                }
+                self.tracks[track].out_pt = Some((*source, out));
                 out
             }
         };

@@ -174,6 +174,7 @@ impl Peer {
                 VideoCodec::H264 => Codec::H264,
             },
             media: SyntheticMedia::new(options.video),
+            seqs: [0; 2],
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
@@ -286,6 +287,8 @@ struct Driver {
     publish: bool,
     codec: Codec,
     media: SyntheticMedia,
+    /// Last sequence number written per kind: `[audio, video]`.
+    seqs: [u64; 2],
 }
 
 impl Driver {
@@ -455,10 +458,9 @@ impl Driver {
         } else {
             Kind::Audio
         };
-        let seq = {
-            let state = self.state.lock();
-            state.sent.iter().filter(|p| p.kind == kind).count() as u64 + 1
-        };
+        let counter = &mut self.seqs[usize::from(kind == Kind::Video)];
+        *counter += 1;
+        let seq = *counter;
         let mut api = self.rtc.direct_api();
         let stream = api.stream_tx_by_mid(mid, None)?;
         stream.write_rtp(

@@ -35,6 +35,17 @@ async fn problem(response: reqwest::Response, status: u16) -> String {
     body
 }
 
+/// A minimal but complete audio offer in `direction`.
+fn audio_offer(direction: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na={direction}\r\n\
+        a=rtcp-mux\r\na=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n"
+    )
+}
+
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let server = TestServer::start().await;
@@ -72,6 +83,21 @@ async fn bad_requests_get_clear_errors() {
     )
     .await;
     assert!(body.contains("malformed SDP"), "{body}");
+
+    // Offers whose media flow the wrong way for the endpoint.
+    let body = problem(
+        post(&whip, "application/sdp", audio_offer("recvonly")).await,
+        400,
+    )
+    .await;
+    assert!(body.contains("must send"), "{body}");
+    let whep = format!("{}/whep/room1", server.url);
+    let body = problem(
+        post(&whep, "application/sdp", audio_offer("sendonly")).await,
+        400,
+    )
+    .await;
+    assert!(body.contains("must receive"), "{body}");
 
     let client = reqwest::Client::new();
     let gone = client
@@ -140,11 +166,7 @@ async fn created_sessions_carry_location_etag_and_cors() {
     assert_eq!(id.len(), 32, "128-bit resource id");
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
 
-    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
-        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
-        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
-        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
-        a=rtcp-mux\r\na=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n";
+    let offer = audio_offer("sendonly");
     let r = post(
         &format!("{}/whip/headers", server.url),
         "application/sdp",
