@@ -45,7 +45,9 @@ pub fn app(control: ControlHandle) -> Router {
         )
         .route(
             "/resource/{id}",
-            axum::routing::delete(whip::delete_resource).options(whip::resource_options),
+            axum::routing::delete(whip::delete_resource)
+                .patch(whip::patch_resource)
+                .options(whip::resource_options),
         )
         .fallback(problem::not_found)
         .layer(middleware::from_fn(cors::cors))

@@ -38,28 +38,17 @@ async fn create(
     role: Role,
 ) -> Result<Response, Problem> {
     check_room_name(&room)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/sdp") {
+    let content_type = header_str(&headers, header::CONTENT_TYPE);
+    if !essence_is(content_type, "application/sdp") {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("the offer must be application/sdp, not {content_type:?}"),
         ));
     }
-    let bytes = to_bytes(body, MAX_SDP_BYTES).await.map_err(|_| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the offer is larger than {MAX_SDP_BYTES} bytes"),
-        )
-    })?;
-    let offer = std::str::from_utf8(&bytes)
-        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text"))?;
+    let offer = read_text(body).await?;
     let created = state
         .control
-        .create(role, &room, offer)
+        .create(role, &room, &offer)
         .await
         .map_err(control_problem)?;
     let location = format!("/resource/{}", created.resource);
@@ -72,10 +61,77 @@ async fn create(
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", &created.resource[..16])) {
+    if let Ok(v) = HeaderValue::from_str(&created.etag) {
         h.insert(header::ETAG, v);
     }
+    h.insert(ACCEPT_PATCH, HeaderValue::from_static(SDPFRAG));
     Ok(response)
+}
+
+/// `PATCH /resource/{id}`: trickle ICE candidates, or restart ICE.
+pub(crate) async fn patch_resource(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let content_type = header_str(&headers, header::CONTENT_TYPE);
+    if !essence_is(content_type, SDPFRAG) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a PATCH body must be {SDPFRAG}, not {content_type:?}"),
+        ));
+    }
+    let frag = read_text(body).await?;
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    let patched = state
+        .control
+        .patch(&id, if_match, &frag)
+        .await
+        .map_err(control_problem)?;
+    let mut response = match patched.restart_answer {
+        Some(answer) => {
+            info!(resource = %id, "ICE restart");
+            (StatusCode::OK, [(header::CONTENT_TYPE, SDPFRAG)], answer).into_response()
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&patched.etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+/// The media type of trickle ICE / ICE restart fragments (RFC 8840).
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+/// `Accept-Patch` header name.
+const ACCEPT_PATCH: header::HeaderName = header::HeaderName::from_static("accept-patch");
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Whether a `Content-Type` value names `media_type` (parameters ignored).
+fn essence_is(content_type: &str, media_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case(media_type))
+}
+
+/// Read a UTF-8 body of at most [`MAX_SDP_BYTES`].
+async fn read_text(body: Body) -> Result<String, Problem> {
+    let bytes = to_bytes(body, MAX_SDP_BYTES).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_SDP_BYTES} bytes"),
+        )
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))
 }
 
 /// `DELETE /resource/{id}`: end a session.
@@ -104,7 +160,13 @@ pub(crate) async fn endpoint_options() -> impl IntoResponse {
 
 /// `OPTIONS` on a session resource.
 pub(crate) async fn resource_options() -> impl IntoResponse {
-    (StatusCode::NO_CONTENT, [(header::ALLOW, "OPTIONS, DELETE")])
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, PATCH, DELETE"),
+            (ACCEPT_PATCH, SDPFRAG),
+        ],
+    )
 }
 
 /// Rooms are named by URL-safe words: letters, digits, `-` and `_`.
@@ -131,6 +193,8 @@ fn control_problem(e: ControlError) -> Problem {
         }
         ControlError::Negotiate(_) => StatusCode::BAD_REQUEST,
         ControlError::NotFound => StatusCode::NOT_FOUND,
+        ControlError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+        ControlError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ControlError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
     Problem::new(status, e.to_string())

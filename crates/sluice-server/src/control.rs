@@ -50,6 +50,17 @@ pub struct Created {
     pub resource: String,
     /// The SDP answer.
     pub answer: String,
+    /// The resource's entity tag (changes with every ICE restart).
+    pub etag: String,
+}
+
+/// The outcome of a PATCH on a session resource.
+#[derive(Debug, Clone)]
+pub struct Patched {
+    /// The resource's entity tag after the patch.
+    pub etag: String,
+    /// The answer fragment, when the patch restarted ICE.
+    pub restart_answer: Option<String>,
 }
 
 /// Why a control request failed.
@@ -59,6 +70,10 @@ pub enum ControlError {
     Negotiate(NegotiateError),
     /// No session has that resource id.
     NotFound,
+    /// A PATCH came without `If-Match`.
+    PreconditionRequired,
+    /// A PATCH's `If-Match` names another ICE session than the current one.
+    PreconditionFailed,
     /// The media server is shutting down or gone.
     Unavailable,
 }
@@ -68,6 +83,12 @@ impl fmt::Display for ControlError {
         match self {
             ControlError::Negotiate(e) => e.fmt(f),
             ControlError::NotFound => f.write_str("no such session"),
+            ControlError::PreconditionRequired => f.write_str(
+                "a PATCH needs If-Match with the session's ETag (or \"*\" for an ICE restart)",
+            ),
+            ControlError::PreconditionFailed => {
+                f.write_str("If-Match does not match the session's current ETag")
+            }
             ControlError::Unavailable => f.write_str("the media server is not running"),
         }
     }
@@ -87,6 +108,12 @@ pub(crate) enum Command {
     Delete {
         resource: String,
         reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    Patch {
+        resource: String,
+        if_match: Option<String>,
+        frag: String,
+        reply: oneshot::Sender<Result<Patched, ControlError>>,
     },
     Shutdown,
 }
@@ -125,6 +152,25 @@ impl ControlHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Delete {
             resource: resource.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// Apply a trickle ICE / ICE restart fragment to a session, checked
+    /// against `if_match` (the request's `If-Match` header).
+    pub async fn patch(
+        &self,
+        resource: &str,
+        if_match: Option<&str>,
+        frag: &str,
+    ) -> Result<Patched, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Patch {
+            resource: resource.to_owned(),
+            if_match: if_match.map(str::to_owned),
+            frag: frag.to_owned(),
             reply,
         })
         .await?;

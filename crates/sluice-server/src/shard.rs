@@ -12,13 +12,14 @@ use sluice_router::router::RouterConfig;
 use sluice_router::{Forward, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId};
 use sluice_session::demux::stun_server_ufrag;
 use sluice_session::{
-    CloseReason, IncomingRtp, Mid, Role, Session, SessionConfig, SessionEvent, SessionOutput,
+    CloseReason, IncomingRtp, Mid, Role, SdpFrag, Session, SessionConfig, SessionEvent,
+    SessionOutput,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::control::{Command, ControlError, Created, ServerConfig};
+use crate::control::{Command, ControlError, Created, Patched, ServerConfig};
 
 /// Largest datagram read from the socket.
 const MAX_DATAGRAM: usize = 2048;
@@ -335,8 +336,57 @@ impl Shard {
                 };
                 let _ = reply.send(result);
             }
+            Command::Patch {
+                resource,
+                if_match,
+                frag,
+                reply,
+            } => {
+                let result = self.patch(&resource, if_match.as_deref(), &frag);
+                let _ = reply.send(result);
+                self.process_events(Instant::now());
+            }
             Command::Shutdown => {}
         }
+    }
+
+    /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
+    fn patch(
+        &mut self,
+        resource: &str,
+        if_match: Option<&str>,
+        frag: &str,
+    ) -> Result<Patched, ControlError> {
+        let id = *self
+            .by_resource
+            .get(resource)
+            .ok_or(ControlError::NotFound)?;
+        let frag = SdpFrag::parse(frag).map_err(ControlError::Negotiate)?;
+        let entry = self.sessions.get_mut(&id).ok_or(ControlError::NotFound)?;
+        let etag = entry.session.etag();
+        match if_match.map(str::trim) {
+            None => return Err(ControlError::PreconditionRequired),
+            Some("*") => {}
+            Some(tag) if tag == etag => {}
+            Some(_) => return Err(ControlError::PreconditionFailed),
+        }
+        let restart_answer = entry
+            .session
+            .patch(&frag)
+            .map_err(ControlError::Negotiate)?;
+        if restart_answer.is_some() {
+            let ufrag = entry.session.local_ufrag();
+            self.by_ufrag.remove(&entry.ufrag);
+            self.by_ufrag.insert(ufrag.clone(), id);
+            entry.ufrag = ufrag;
+            info!(session = id.0, room = %entry.room, "ICE restarted");
+        }
+        let etag = entry.session.etag();
+        self.drive(id);
+        Ok(Patched {
+            etag,
+            restart_answer,
+        })
     }
 
     fn create(&mut self, role: Role, room: &str, offer: &str) -> Result<Created, ControlError> {
@@ -352,6 +402,7 @@ impl Shard {
         self.next_id += 1;
         let resource = format!("{:032x}", rand::random::<u128>());
         let ufrag = session.local_ufrag();
+        let etag = session.etag();
         let room: Arc<str> = Arc::from(room);
         let mut tracks = Vec::new();
         if role == Role::Viewer {
@@ -390,7 +441,11 @@ impl Shard {
             },
         );
         self.drive(id);
-        Ok(Created { resource, answer })
+        Ok(Created {
+            resource,
+            answer,
+            etag,
+        })
     }
 
     /// The codecs the room's current publishers send, which a new viewer

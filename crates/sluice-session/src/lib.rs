@@ -10,9 +10,11 @@
 pub mod demux;
 pub mod negotiate;
 pub mod session;
+pub mod trickle;
 
 pub use negotiate::{NegotiateError, Role, SessionConfig};
 pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
 pub use str0m::format::PayloadParams;
 pub use str0m::media::{MediaKind, Mid};
 pub use str0m::net::Transmit;
+pub use trickle::SdpFrag;

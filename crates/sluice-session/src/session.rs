@@ -14,6 +14,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use sluice_router::Codec;
 
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
+use crate::trickle::{self, SdpFrag};
 
 /// Most simulcast layers a track may have (browsers send up to three).
 const MAX_LAYERS: usize = 4;
@@ -104,6 +105,8 @@ struct Track {
 pub struct Session {
     rtc: Rtc,
     role: Role,
+    /// The client's offer as last applied (re-applied on ICE restart).
+    offer: String,
     tracks: Vec<Track>,
     /// Incoming SSRC to (track index, layer) cache.
     ssrcs: Vec<(Ssrc, usize, u8)>,
@@ -141,6 +144,7 @@ impl Session {
         let mut session = Session {
             rtc,
             role,
+            offer: offer.to_owned(),
             tracks: Vec::new(),
             ssrcs: Vec::new(),
             pending: VecDeque::new(),
@@ -196,6 +200,43 @@ impl Session {
     /// The server-side ICE ufrag: STUN requests carrying it belong here.
     pub fn local_ufrag(&mut self) -> String {
         self.rtc.direct_api().local_ice_credentials().ufrag
+    }
+
+    /// The entity tag of the session resource: it names the current ICE
+    /// session, so it changes with every ICE restart.
+    pub fn etag(&mut self) -> String {
+        format!("\"{}\"", self.local_ufrag())
+    }
+
+    /// Apply an HTTP PATCH fragment: trickled candidates, or an ICE restart
+    /// when it carries new credentials. Returns the answer fragment of a
+    /// restart (`None` for plain trickle). Drain [`Session::poll`] after.
+    pub fn patch(&mut self, frag: &SdpFrag) -> Result<Option<String>, NegotiateError> {
+        if self.closed.is_some() {
+            return Err(NegotiateError::WrongDirection(
+                "the session has ended".into(),
+            ));
+        }
+        for candidate in &frag.candidates {
+            self.rtc.add_remote_candidate(candidate.clone());
+        }
+        let (Some(ufrag), Some(pwd)) = (&frag.ufrag, &frag.pwd) else {
+            return Ok(None);
+        };
+        if trickle::credentials(&self.offer) == Some((ufrag.as_str(), pwd.as_str())) {
+            return Ok(None);
+        }
+        // Re-applying the client's offer with its new credentials makes
+        // str0m restart ICE exactly as for a renegotiation.
+        let offer = trickle::with_credentials(&self.offer, ufrag, pwd);
+        let (answer, _) = negotiate::accept_offer(&mut self.rtc, &offer)?;
+        self.offer = offer;
+        let local = self.rtc.direct_api().local_ice_credentials();
+        Ok(Some(trickle::restart_answer(
+            &local.ufrag,
+            &local.pass,
+            &answer,
+        )))
     }
 
     /// The payload parameters of the first codec negotiated on each media

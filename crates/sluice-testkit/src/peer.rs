@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+pub use str0m::IceConnectionState;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
@@ -103,6 +104,10 @@ pub struct PeerState {
     pub received: Vec<Packet>,
     /// Keyframe requests received from the server (publisher).
     pub keyframe_requests: u32,
+    /// HTTP status of each ICE restart PATCH, in order.
+    pub ice_restarts: Vec<u16>,
+    /// Every ICE connection state the peer went through, in order.
+    pub ice_states: Vec<IceConnectionState>,
 }
 
 /// A running test peer. Dropping it stops the peer without telling the
@@ -119,6 +124,7 @@ pub struct Peer {
 enum PeerCommand {
     Run,
     RequestKeyframe,
+    RestartIce,
     Stop,
 }
 
@@ -159,9 +165,14 @@ impl Peer {
             post_offer(&url, &offer.to_sdp_string(), options.token.as_deref()).await?;
         let resource = absolute(&options.url, &location);
         accept(&mut rtc, pending, &answer)?;
+        let http = Http {
+            resource: resource.clone(),
+            answer,
+        };
         let state = Arc::new(Mutex::new(PeerState::default()));
         let (commands, rx) = watch::channel(PeerCommand::Run);
         let driver = Driver {
+            http,
             rtc,
             socket,
             local,
@@ -205,6 +216,12 @@ impl Peer {
     /// Send a PLI for the video track (viewer).
     pub fn request_keyframe(&self) {
         let _ = self.commands.send(PeerCommand::RequestKeyframe);
+    }
+
+    /// Restart ICE with new credentials through an HTTP PATCH (RFC 9725
+    /// 4.4); the outcome lands in [`PeerState::ice_restarts`].
+    pub fn restart_ice(&self) {
+        let _ = self.commands.send(PeerCommand::RestartIce);
     }
 
     /// Stop the peer's task without telling the server.
@@ -276,8 +293,16 @@ fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), P
         .map_err(|e| PeerError::Local(e.to_string()))
 }
 
+/// What the peer needs to talk to its session resource again.
+struct Http {
+    resource: String,
+    /// The server's SDP answer, reused with new credentials after a restart.
+    answer: String,
+}
+
 /// The peer's event loop.
 struct Driver {
+    http: Http,
     rtc: Rtc,
     socket: UdpSocket,
     local: SocketAddr,
@@ -330,6 +355,10 @@ impl Driver {
                     match command {
                         PeerCommand::Stop => return,
                         PeerCommand::RequestKeyframe => self.send_pli(),
+                        PeerCommand::RestartIce => {
+                            let status = self.restart_ice().await;
+                            self.state.lock().ice_restarts.push(status);
+                        }
                         PeerCommand::Run => {}
                     }
                 }
@@ -370,6 +399,7 @@ impl Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Connected => self.state.lock().connected = true,
+            Event::IceConnectionStateChange(state) => self.state.lock().ice_states.push(state),
             Event::KeyframeRequest(_) => {
                 self.media.request_keyframe();
                 self.state.lock().keyframe_requests += 1;
@@ -469,6 +499,65 @@ impl Driver {
                 .nackable(kind == Kind::Video),
         );
         Some(seq)
+    }
+
+    /// Restart ICE: new local credentials go to the server in a PATCH, its
+    /// new credentials come back in the answer fragment. Returns the HTTP
+    /// status (0 when the request failed).
+    async fn restart_ice(&mut self) -> u16 {
+        let mut api = self.rtc.sdp_api();
+        let creds = api.ice_restart(true);
+        let Some((_, pending)) = api.apply() else {
+            return 0;
+        };
+        if self.drain().await.is_none() {
+            return 0;
+        }
+        let frag = format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+            creds.ufrag, creds.pass
+        );
+        let response = reqwest::Client::new()
+            .patch(&self.http.resource)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", "*")
+            .body(frag)
+            .send()
+            .await;
+        let Ok(response) = response else {
+            return 0;
+        };
+        let status = response.status().as_u16();
+        let Ok(body) = response.text().await else {
+            return 0;
+        };
+        let line = |prefix: &str| body.lines().find_map(|l| l.strip_prefix(prefix));
+        let old = |prefix: &str| {
+            self.http
+                .answer
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+        };
+        if let (200, Some(ufrag), Some(pwd), Some(old_ufrag), Some(old_pwd)) = (
+            status,
+            line("a=ice-ufrag:"),
+            line("a=ice-pwd:"),
+            old("a=ice-ufrag:"),
+            old("a=ice-pwd:"),
+        ) {
+            // The server's credentials appear in a=ice-ufrag/pwd and in the
+            // `ufrag` attribute of its candidates: swap them everywhere.
+            let answer = self
+                .http
+                .answer
+                .replace(old_ufrag, ufrag)
+                .replace(old_pwd, pwd);
+            if accept(&mut self.rtc, pending, &answer).is_err() {
+                return 0;
+            }
+            self.http.answer = answer;
+        }
+        status
     }
 
     fn send_pli(&mut self) {

@@ -200,3 +200,98 @@ async fn created_sessions_carry_location_etag_and_cors() {
     assert_eq!(peer.delete().await.unwrap(), 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn patch_trickles_and_restarts_ice_under_if_match() {
+    let server = TestServer::start().await;
+    let created = post(
+        &format!("{}/whip/patch", server.url),
+        "application/sdp",
+        audio_offer("sendonly"),
+    )
+    .await;
+    assert_eq!(created.status().as_u16(), 201);
+    assert_eq!(
+        created.headers()["accept-patch"],
+        "application/trickle-ice-sdpfrag"
+    );
+    let etag = created.headers()["etag"].to_str().unwrap().to_owned();
+    let resource = format!(
+        "{}{}",
+        server.url,
+        created.headers()["location"].to_str().unwrap()
+    );
+    let client = reqwest::Client::new();
+    let patch = |if_match: Option<&str>, content_type: &str, body: &str| {
+        let mut request = client
+            .patch(&resource)
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        request.send()
+    };
+    let candidate = "a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host\r\n";
+    let sdpfrag = "application/trickle-ice-sdpfrag";
+
+    problem(patch(None, sdpfrag, candidate).await.unwrap(), 428).await;
+    problem(
+        patch(Some("\"other\""), sdpfrag, candidate).await.unwrap(),
+        412,
+    )
+    .await;
+    problem(
+        patch(Some(&etag), "application/sdp", candidate)
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    let body = problem(
+        patch(Some(&etag), sdpfrag, "a=candidate:nonsense\r\n")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(body.contains("candidate"), "{body}");
+
+    // Trickle: 204, same ICE session.
+    let trickled = patch(Some(&etag), sdpfrag, candidate).await.unwrap();
+    assert_eq!(trickled.status().as_u16(), 204);
+    assert_eq!(trickled.headers()["etag"].to_str().unwrap(), etag);
+
+    // ICE restart: 200 with the server's new credentials and a new ETag.
+    let restart = "a=ice-ufrag:newu\r\na=ice-pwd:newpasswordnewpassword12\r\n";
+    let restarted = patch(Some("*"), sdpfrag, restart).await.unwrap();
+    assert_eq!(restarted.status().as_u16(), 200);
+    assert_eq!(restarted.headers()["content-type"], sdpfrag);
+    let new_etag = restarted.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(new_etag, etag);
+    let answer = restarted.text().await.unwrap();
+    assert!(
+        answer.contains("a=ice-ufrag:") && answer.contains("a=ice-pwd:"),
+        "{answer}"
+    );
+    assert!(answer.contains("a=candidate:"), "{answer}");
+    assert!(
+        !answer.contains(etag.trim_matches('"')),
+        "new server ufrag:\n{answer}"
+    );
+    // The old ICE session's tag no longer matches.
+    problem(patch(Some(&etag), sdpfrag, candidate).await.unwrap(), 412).await;
+    let gone = client
+        .patch(format!(
+            "{}/resource/ffffffffffffffffffffffffffffffff",
+            server.url
+        ))
+        .header("content-type", sdpfrag)
+        .header("if-match", "*")
+        .body(candidate)
+        .send()
+        .await
+        .unwrap();
+    problem(gone, 404).await;
+    server.stop().await;
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use sluice_testkit::media::vp8_starts_keyframe;
-use sluice_testkit::peer::{PeerError, PeerState};
+use sluice_testkit::peer::{IceConnectionState, PeerError, PeerState};
 use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VideoCodec};
 
 fn options(url: &str, room: &str, publish: bool) -> PeerOptions {
@@ -210,6 +210,65 @@ async fn h264_reaches_h264_viewers_and_others_get_a_clear_error() {
         Err(PeerError::Status(422, body)) => assert!(body.contains("H264"), "{body}"),
         Err(e) => panic!("expected 422, got {e}"),
         Ok(_) => panic!("a VP8-only viewer was accepted for an H264 room"),
+    }
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    assert_eq!(publisher.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restarts_keep_media_flowing() {
+    let server = TestServer::start().await;
+    let publisher = Peer::start(options(&server.url, "restart", true))
+        .await
+        .unwrap();
+    let viewer = Peer::start(options(&server.url, "restart", false))
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 30)
+            .await
+    );
+
+    // The publisher restarts: its old candidate pairs are gone, so media
+    // only keeps coming if the server answered checks with the new
+    // credentials.
+    for (peer, name) in [(&publisher, "publisher"), (&viewer, "viewer")] {
+        peer.restart_ice();
+        assert!(
+            peer.wait_for(Duration::from_secs(5), |s| !s.ice_restarts.is_empty())
+                .await,
+            "{name} restart answered"
+        );
+        assert_eq!(peer.with_state(|s| s.ice_restarts.clone()), vec![200]);
+        // The peer's ICE agent flushed its pairs and checked again with
+        // the server's new credentials: it must complete a second time.
+        let completed_twice = |s: &PeerState| {
+            s.ice_states
+                .iter()
+                .filter(|st| {
+                    matches!(
+                        st,
+                        IceConnectionState::Completed | IceConnectionState::Connected
+                    )
+                })
+                .count()
+                >= 2
+                && s.ice_states.last() != Some(&IceConnectionState::Checking)
+        };
+        assert!(
+            peer.wait_for(Duration::from_secs(5), completed_twice).await,
+            "{name} ICE completes after the restart: {:?}",
+            peer.with_state(|s| s.ice_states.clone())
+        );
+        let before = viewer.with_state(video_received);
+        assert!(
+            viewer
+                .wait_for(Duration::from_secs(5), |s| video_received(s) >= before + 60)
+                .await,
+            "video keeps flowing after the {name}'s ICE restart"
+        );
     }
     assert_eq!(viewer.delete().await.unwrap(), 200);
     assert_eq!(publisher.delete().await.unwrap(), 200);
