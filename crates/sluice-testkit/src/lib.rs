@@ -4,6 +4,8 @@
 
 pub mod media;
 pub mod peer;
+pub mod relay;
 
 pub use media::{SyntheticMedia, VP8_DESCRIPTOR_LEN, VideoCodec};
 pub use peer::{Kind, Packet, Peer, PeerError, PeerOptions};
+pub use relay::{Loss, LossyRelay};

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::media::{SyntheticMedia, VideoCodec};
+use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
 /// Audio or video, for recorded packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub struct PeerOptions {
     pub token: Option<String>,
     /// The only video codec the peer offers (and sends, when publishing).
     pub video: VideoCodec,
+    /// Talk to the server through a relay that drops packets.
+    pub loss: Option<Loss>,
 }
 
 impl PeerOptions {
@@ -66,6 +69,7 @@ impl PeerOptions {
             publish,
             token: None,
             video: VideoCodec::Vp8,
+            loss: None,
         }
     }
 }
@@ -115,6 +119,7 @@ pub struct PeerState {
 pub struct Peer {
     /// The session resource URL from the `Location` header.
     pub resource: String,
+    relay: Option<LossyRelay>,
     state: Arc<Mutex<PeerState>>,
     commands: watch::Sender<PeerCommand>,
     task: JoinHandle<()>,
@@ -164,6 +169,17 @@ impl Peer {
         let (answer, location) =
             post_offer(&url, &offer.to_sdp_string(), options.token.as_deref()).await?;
         let resource = absolute(&options.url, &location);
+        let (answer, relay) = match options.loss {
+            None => (answer, None),
+            Some(loss) => {
+                let server = first_candidate(&answer)
+                    .ok_or(PeerError::Local("no candidate in the answer".into()))?;
+                let relay = LossyRelay::start(server, loss)
+                    .await
+                    .map_err(|e| PeerError::Local(e.to_string()))?;
+                (redirect_candidate(&answer, server, relay.addr), Some(relay))
+            }
+        };
         accept(&mut rtc, pending, &answer)?;
         let http = Http {
             resource: resource.clone(),
@@ -190,10 +206,16 @@ impl Peer {
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
             resource,
+            relay,
             state,
             commands,
             task,
         })
+    }
+
+    /// Packets the peer's lossy relay dropped (0 without one).
+    pub fn dropped(&self) -> u64 {
+        self.relay.as_ref().map_or(0, LossyRelay::dropped)
     }
 
     /// Look at what the peer recorded so far.

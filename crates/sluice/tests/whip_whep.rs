@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::TestServer;
 use sluice_testkit::media::vp8_starts_keyframe;
 use sluice_testkit::peer::{IceConnectionState, PeerError, PeerState};
-use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VideoCodec};
+use sluice_testkit::{Kind, Loss, Packet, Peer, PeerOptions, VideoCodec};
 
 fn options(url: &str, room: &str, publish: bool) -> PeerOptions {
     PeerOptions::new(url, room, publish)
@@ -274,6 +274,91 @@ async fn ice_restarts_keep_media_flowing() {
     assert_eq!(publisher.delete().await.unwrap(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_is_repaired_on_both_legs() {
+    let server = TestServer::start().await;
+    // Every 15th video packet is lost on the way in (the server must NACK
+    // the publisher) and every 15th on the way out (the server must answer
+    // the viewer's NACKs from its retransmission buffer).
+    let lossy = |publish, loss| PeerOptions {
+        loss: Some(loss),
+        ..options(&server.url, "lossy", publish)
+    };
+    let publisher = Peer::start(lossy(
+        true,
+        Loss {
+            to_server_every: Some(15),
+            ..Loss::default()
+        },
+    ))
+    .await
+    .unwrap();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await
+    );
+    let viewer = Peer::start(lossy(
+        false,
+        Loss {
+            to_peer_every: Some(15),
+            ..Loss::default()
+        },
+    ))
+    .await
+    .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 300)
+            .await
+    );
+    // Let the last retransmissions arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        publisher.dropped() >= 10,
+        "publisher leg lost {}",
+        publisher.dropped()
+    );
+    assert!(
+        viewer.dropped() >= 10,
+        "viewer leg lost {}",
+        viewer.dropped()
+    );
+
+    let sent = of_kind(&publisher.with_state(|s| s.sent.clone()), Kind::Video);
+    let mut received = of_kind(&viewer.with_state(|s| s.received.clone()), Kind::Video);
+    received.sort_by_key(|p| p.seq);
+    received.dedup_by_key(|p| p.seq);
+    let first = received[0].seq;
+    // Everything up to shortly before the end must be there (the newest
+    // packets may still be waiting for their retransmission).
+    let complete = &received[..received.len() - 30];
+    for (i, p) in complete.iter().enumerate() {
+        assert_eq!(
+            p.seq,
+            first + i as u64,
+            "video packet {} never arrived",
+            first + i as u64
+        );
+    }
+    let start = sent
+        .iter()
+        .position(|s| s.payload[VP8_PREFIX..] == received[0].payload[VP8_PREFIX..])
+        .expect("first received packet was sent");
+    for (i, p) in complete.iter().enumerate() {
+        assert_eq!(
+            sent[start + i].payload[VP8_PREFIX..],
+            p.payload[VP8_PREFIX..]
+        );
+    }
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    assert_eq!(publisher.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+/// The VP8 descriptor bytes an SFU may rewrite.
+const VP8_PREFIX: usize = sluice_testkit::VP8_DESCRIPTOR_LEN;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_peer_is_dropped_after_the_consent_timeout() {
