@@ -14,6 +14,10 @@ pub enum VideoCodec {
     Vp8,
     /// H.264 (RFC 6184), packetization mode 1.
     H264,
+    /// VP9 (RFC 9628), flexible mode off, no picture id.
+    Vp9,
+    /// AV1 (AOM RTP payload).
+    Av1,
 }
 
 impl VideoCodec {
@@ -22,7 +26,7 @@ impl VideoCodec {
     pub fn rewritable_prefix(self) -> usize {
         match self {
             VideoCodec::Vp8 => VP8_DESCRIPTOR_LEN,
-            VideoCodec::H264 => 0,
+            VideoCodec::H264 | VideoCodec::Vp9 | VideoCodec::Av1 => 0,
         }
     }
 
@@ -31,6 +35,8 @@ impl VideoCodec {
         match self {
             VideoCodec::Vp8 => vp8_starts_keyframe(payload),
             VideoCodec::H264 => payload.first().is_some_and(|b| b & 0x1f == 5),
+            VideoCodec::Vp9 => payload.first().is_some_and(|b| b & 0x48 == 0x08),
+            VideoCodec::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
         }
     }
 }
@@ -89,6 +95,21 @@ impl SyntheticMedia {
                     }
                     // One slice per packet: IDR (type 5) or non-IDR (type 1).
                     VideoCodec::H264 => p.push(if keyframe { 0x65 } else { 0x41 }),
+                    VideoCodec::Vp9 => {
+                        // P (inter-predicted) unless a keyframe, B on the
+                        // first packet, E on the last.
+                        let mut d = if keyframe { 0x00 } else { 0x40 };
+                        if start {
+                            d |= 0x08;
+                        }
+                        if i + 1 == PACKETS_PER_FRAME {
+                            d |= 0x04;
+                        }
+                        p.push(d);
+                    }
+                    // Aggregation header: N marks the start of a new coded
+                    // video sequence (a keyframe); one OBU element (W=1).
+                    VideoCodec::Av1 => p.push(if keyframe && start { 0x18 } else { 0x10 }),
                 }
                 p.extend(frame.to_be_bytes());
                 p.push(i as u8);
@@ -134,6 +155,18 @@ mod tests {
         let (packets, key, _) = m.next_video_frame();
         assert!(!key && !VideoCodec::H264.starts_keyframe(&packets[0].0));
         assert_eq!(packets[0].0[0], 0x41);
+    }
+
+    #[test]
+    fn vp9_and_av1_keyframes_start_at_the_first_packet() {
+        for codec in [VideoCodec::Vp9, VideoCodec::Av1] {
+            let mut m = SyntheticMedia::new(codec);
+            let (packets, key, _) = m.next_video_frame();
+            assert!(key && codec.starts_keyframe(&packets[0].0), "{codec:?}");
+            assert!(!codec.starts_keyframe(&packets[1].0), "{codec:?}");
+            let (packets, _, _) = m.next_video_frame();
+            assert!(!codec.starts_keyframe(&packets[0].0), "{codec:?}");
+        }
     }
 
     #[test]

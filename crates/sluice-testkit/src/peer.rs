@@ -150,6 +150,8 @@ impl Peer {
         let builder = match options.video {
             VideoCodec::Vp8 => builder.enable_vp8(true),
             VideoCodec::H264 => builder.enable_h264(true),
+            VideoCodec::Vp9 => builder.enable_vp9(true),
+            VideoCodec::Av1 => builder.enable_av1(true),
         };
         let mut rtc = builder.build(now);
         let candidate =
@@ -199,6 +201,8 @@ impl Peer {
             codec: match options.video {
                 VideoCodec::Vp8 => Codec::Vp8,
                 VideoCodec::H264 => Codec::H264,
+                VideoCodec::Vp9 => Codec::Vp9,
+                VideoCodec::Av1 => Codec::Av1,
             },
             media: SyntheticMedia::new(options.video),
             seqs: [0; 2],

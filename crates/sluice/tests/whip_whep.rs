@@ -178,41 +178,48 @@ async fn viewer_follows_a_new_publisher_without_renegotiation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h264_reaches_h264_viewers_and_others_get_a_clear_error() {
+async fn every_video_codec_reaches_viewers_that_can_decode_it() {
     let server = TestServer::start().await;
-    let h264 = |publish| PeerOptions {
-        video: VideoCodec::H264,
-        ..options(&server.url, "h264", publish)
-    };
-    let publisher = Peer::start(h264(true)).await.unwrap();
-    assert!(
-        publisher
-            .wait_for(Duration::from_secs(10), |s| s.connected)
-            .await
-    );
-    let viewer = Peer::start(h264(false)).await.unwrap();
-    assert!(
-        viewer
-            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 90)
-            .await
-    );
-    let received = viewer.with_state(|s| s.received.clone());
-    let video = of_kind(&received, Kind::Video);
-    assert!(
-        VideoCodec::H264.starts_keyframe(&video[0].payload),
-        "starts at an IDR"
-    );
-    let sent = publisher.with_state(|s| s.sent.clone());
-    assert_received_is_sent_in_order(VideoCodec::H264, &sent, &received, Kind::Video);
+    for codec in [VideoCodec::H264, VideoCodec::Vp9, VideoCodec::Av1] {
+        let room = format!("{codec:?}").to_lowercase();
+        let with_codec = |publish| PeerOptions {
+            video: codec,
+            ..options(&server.url, &room, publish)
+        };
+        let publisher = Peer::start(with_codec(true)).await.unwrap();
+        assert!(
+            publisher
+                .wait_for(Duration::from_secs(10), |s| s.connected)
+                .await
+        );
+        let viewer = Peer::start(with_codec(false)).await.unwrap();
+        assert!(
+            viewer
+                .wait_for(Duration::from_secs(10), |s| video_received(s) >= 90)
+                .await,
+            "{codec:?} video reaches the viewer"
+        );
+        let received = viewer.with_state(|s| s.received.clone());
+        let video = of_kind(&received, Kind::Video);
+        assert!(
+            codec.starts_keyframe(&video[0].payload),
+            "{codec:?} starts at a keyframe"
+        );
+        let sent = publisher.with_state(|s| s.sent.clone());
+        assert_received_is_sent_in_order(codec, &sent, &received, Kind::Video);
 
-    // A viewer that can only decode VP8 is told why it cannot watch.
-    match Peer::start(options(&server.url, "h264", false)).await {
-        Err(PeerError::Status(422, body)) => assert!(body.contains("H264"), "{body}"),
-        Err(e) => panic!("expected 422, got {e}"),
-        Ok(_) => panic!("a VP8-only viewer was accepted for an H264 room"),
+        // A viewer that can only decode VP8 is told why it cannot watch.
+        match Peer::start(options(&server.url, &room, false)).await {
+            Err(PeerError::Status(422, body)) => {
+                let name = format!("{codec:?}").to_uppercase();
+                assert!(body.to_uppercase().contains(&name), "{body}");
+            }
+            Err(e) => panic!("expected 422 for {codec:?}, got {e}"),
+            Ok(_) => panic!("a VP8-only viewer was accepted for a {codec:?} room"),
+        }
+        assert_eq!(viewer.delete().await.unwrap(), 200);
+        assert_eq!(publisher.delete().await.unwrap(), 200);
     }
-    assert_eq!(viewer.delete().await.unwrap(), 200);
-    assert_eq!(publisher.delete().await.unwrap(), 200);
     server.stop().await;
 }
 
