@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 const BASE = (process.env.SLUICE_URL || '').replace(/\/+$/, '');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = join(dirname(fileURLToPath(import.meta.url)), 'out');
-const HARD_TIMEOUT_MS = 90_000;
+const HARD_TIMEOUT_MS = 120_000;
 const STEP_TIMEOUT_MS = 20_000;
 
 const ARGS = [
@@ -151,7 +151,11 @@ async function testIndex(ctx) {
   pages.delete('index');
 }
 
-/** Test 3: a viewer joins an empty room; frames arrive once a publisher joins. */
+/**
+ * Test 3: a viewer joins an empty room; frames arrive once a publisher
+ * joins; when that publisher leaves the viewer shows it, and a new
+ * publisher's video reaches the same viewer session.
+ */
 async function testViewerFirst(ctx) {
   const room = `e2e-${randomId()}`;
   await openPage(ctx, 'early-viewer', `${BASE}/watch/${room}?autostart=1`);
@@ -165,11 +169,26 @@ async function testViewerFirst(ctx) {
   // Both pages share one machine clock: publisher's WHIP POST -> viewer's first frame.
   const lateMs = Math.round(v.firstFrameWall - p.postStartedWall);
 
+  // The publisher leaves: the viewer's page says so instead of freezing.
+  const left = await pages.get('late-publisher').evaluate(() => window.sluiceStop());
+  assert(left === 200, `late-publisher DELETE returned ${left}, expected 200`);
+  await waitHook('early-viewer', "s.receiving === false && s.state === 'connected'", 5000);
+  await mkdir(OUT_DIR, { recursive: true });
+  await pages.get('early-viewer').screenshot({ path: join(OUT_DIR, 'watch-waiting.png') });
+
+  // A new publisher: the same viewer session, no renegotiation, video again.
+  const framesBefore = (await hooksOf(pages.get('early-viewer'))).framesDecoded;
+  await openPage(ctx, 'next-publisher', `${BASE}/publish/${room}?autostart=1`);
+  await waitHook('next-publisher', "s.state === 'connected'");
+  const connectedAt = Date.now();
+  await waitHook('early-viewer', `s.receiving === true && s.framesDecoded > ${framesBefore}`, 10000);
+  const switchMs = Date.now() - connectedAt;
+
   // Tidy up; statuses are not asserted here (test 1 covers DELETE).
-  for (const label of ['early-viewer', 'late-publisher']) {
+  for (const label of ['early-viewer', 'next-publisher']) {
     await pages.get(label).evaluate(() => window.sluiceStop()).catch(() => {});
   }
-  return { lateMs };
+  return { lateMs, switchMs };
 }
 
 async function main() {
@@ -187,6 +206,7 @@ async function main() {
     ok: true,
     first_frame_ms: t1.firstFrameMs,
     first_frame_ms_late_publisher: t3.lateMs,
+    publisher_switch_ms: t3.switchMs,
     width: t1.width,
     height: t1.height,
   }));

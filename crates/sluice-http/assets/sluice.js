@@ -34,6 +34,7 @@
     frameHeight: 0,
     packetsLost: 0,
     bytesReceived: 0,
+    receiving: false,     // watch page: video frames arrived in the last 1.5 s
     layers: [],           // publish page: [{rid, frameWidth, frameHeight, bytesSent}]
     postStartedAt: null,  // performance.now() when the WHIP/WHEP POST was sent
     firstFrameAt: null,   // performance.now() when the first video frame was shown (watch)
@@ -482,6 +483,30 @@
       jitter: $('st-jitter'),
     };
     let prev = new Map();
+    // When framesDecoded last grew: a stall means the publisher left (the
+    // server keeps the viewer and switches it to the next publisher).
+    let lastFrames = 0;
+    let lastFrameChange = 0;
+    const STALL_MS = 1500;
+    const overlay = document.querySelector('.video-wrap .overlay');
+    const waitingText = overlay.textContent;
+
+    /** Shows whether video is arriving; sets hooks.receiving. */
+    function trackReceiving(framesDecoded) {
+      const now = performance.now();
+      if (framesDecoded > lastFrames) {
+        lastFrames = framesDecoded;
+        lastFrameChange = now;
+      }
+      const receiving = framesDecoded > 0 && now - lastFrameChange < STALL_MS;
+      hooks.receiving = receiving;
+      const wrap = video.closest('.video-wrap');
+      if (hooks.firstFrameAt != null) {
+        wrap.classList.toggle('playing', receiving);
+        wrap.classList.toggle('stalled', !receiving);
+        overlay.textContent = receiving ? waitingText : 'The publisher has left. Waiting for the next one…';
+      }
+    }
 
     /** Records the first decoded+presented video frame, once per session. */
     function armFirstFrame(s) {
@@ -525,6 +550,7 @@
         const v = videoInbound(report);
         if (!v) return;
         hooks.framesDecoded = v.framesDecoded || 0;
+        trackReceiving(hooks.framesDecoded);
         hooks.frameWidth = v.frameWidth || 0;
         hooks.frameHeight = v.frameHeight || 0;
         hooks.packetsLost = v.packetsLost || 0;
@@ -551,7 +577,11 @@
       onTeardown(s) {
         s.active = false;
         video.srcObject = null;
-        video.closest('.video-wrap').classList.remove('playing');
+        video.closest('.video-wrap').classList.remove('playing', 'stalled');
+        lastFrames = 0;
+        lastFrameChange = 0;
+        hooks.receiving = false;
+        overlay.textContent = waitingText;
         prev = new Map();
         Object.values(statsEls).forEach((el) => { el.textContent = '–'; });
       },
