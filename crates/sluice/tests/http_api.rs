@@ -295,3 +295,39 @@ async fn patch_trickles_and_restarts_ice_under_if_match() {
     problem(gone, 404).await;
     server.stop().await;
 }
+
+/// An offer shaped like OBS's WHIP output (libdatachannel): Opus on 111 and
+/// H.264 on 96 with libdatachannel's default profile, no RTX, one BUNDLE.
+const OBS_LIKE_OFFER: &str = "v=0\r\no=rtc 1 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    a=group:BUNDLE 0 1\r\na=msid-semantic:WMS *\r\na=ice-options:ice2,trickle\r\n\
+    a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+    m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+    a=ssrc:1111 cname:obs\r\na=msid:obs audio\r\na=rtcp-mux\r\na=setup:actpass\r\n\
+    a=ice-ufrag:obsu\r\na=ice-pwd:obspasswordobspassword12\r\n\
+    a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;maxaveragebitrate=96000;stereo=1;sprop-stereo=1;useinbandfec=1\r\n\
+    m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\n\
+    a=ssrc:2222 cname:obs\r\na=msid:obs video\r\na=rtcp-mux\r\na=setup:actpass\r\n\
+    a=ice-ufrag:obsu\r\na=ice-pwd:obspasswordobspassword12\r\n\
+    a=rtpmap:96 H264/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 goog-remb\r\n\
+    a=fmtp:96 profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1\r\n";
+
+#[tokio::test]
+async fn an_obs_shaped_offer_gets_h264_and_opus() {
+    let server = TestServer::start().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/whip/obs", server.url))
+        .header("content-type", "application/sdp")
+        .bearer_auth("obs-stream-key")
+        .body(OBS_LIKE_OFFER)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let answer = r.text().await.unwrap();
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.contains("a=rtpmap:96 H264/90000"), "{answer}");
+    assert!(answer.contains("packetization-mode=1"), "{answer}");
+    assert!(answer.contains("a=rtpmap:111 opus/48000/2"), "{answer}");
+    assert_eq!(answer.matches("a=recvonly").count(), 2, "{answer}");
+    server.stop().await;
+}
