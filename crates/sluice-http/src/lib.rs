@@ -5,6 +5,7 @@
 //! response carries CORS headers so pages on other origins can publish and
 //! watch.
 
+pub mod auth;
 mod cors;
 mod pages;
 mod problem;
@@ -15,6 +16,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use sluice_server::ControlHandle;
 
+pub use auth::Auth;
 pub use problem::Problem;
 
 /// Largest SDP offer accepted, in bytes.
@@ -25,10 +27,12 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// The media server.
     pub control: ControlHandle,
+    /// The token verifier (disabled when no keys are configured).
+    pub auth: Auth,
 }
 
 /// The whole HTTP application.
-pub fn app(control: ControlHandle) -> Router {
+pub fn app(control: ControlHandle, auth: Auth) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/publish/{room}", get(pages::publish))
@@ -51,5 +55,5 @@ pub fn app(control: ControlHandle) -> Router {
         )
         .fallback(problem::not_found)
         .layer(middleware::from_fn(cors::cors))
-        .with_state(AppState { control })
+        .with_state(AppState { control, auth })
 }

@@ -1,6 +1,6 @@
 //! RFC 9457 problem details, the body of every error response.
 
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -13,6 +13,12 @@ pub struct Problem {
     pub title: String,
     /// What exactly is wrong with this request.
     pub detail: String,
+    /// Send `WWW-Authenticate: Bearer` (401 responses).
+    #[serde(skip)]
+    challenge: bool,
+    /// Seconds for a `Retry-After` header (429, 503).
+    #[serde(skip)]
+    retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -22,7 +28,21 @@ impl Problem {
             status: status.as_u16(),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             detail: detail.into(),
+            challenge: false,
+            retry_after: None,
         }
+    }
+
+    /// Add a `WWW-Authenticate: Bearer` challenge.
+    pub fn with_challenge(mut self) -> Self {
+        self.challenge = true;
+        self
+    }
+
+    /// Add a `Retry-After` header.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -30,12 +50,23 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_string(&self).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        let h = response.headers_mut();
+        if self.challenge {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice\", error=\"invalid_token\""),
+            );
+        }
+        if let Some(seconds) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

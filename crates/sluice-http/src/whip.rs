@@ -4,9 +4,10 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sluice_server::{ControlError, Role};
+use sluice_server::{Caller, ControlError, Role};
 use tracing::info;
 
+use crate::auth::forbidden;
 use crate::problem::Problem;
 use crate::{AppState, MAX_SDP_BYTES};
 
@@ -38,6 +39,21 @@ async fn create(
     role: Role,
 ) -> Result<Response, Problem> {
     check_room_name(&room)?;
+    let caller = state.auth.caller(&headers)?;
+    if let Some(claims) = &caller {
+        let (granted, what) = match role {
+            Role::Publisher => (claims.grants.publish, "publish"),
+            Role::Viewer => (claims.grants.subscribe, "subscribe"),
+        };
+        if !claims.covers_room(&room) {
+            return Err(forbidden(format!(
+                "the token is not valid for room {room:?}"
+            )));
+        }
+        if !(granted || claims.grants.admin) {
+            return Err(forbidden(format!("the token does not grant {what}")));
+        }
+    }
     let content_type = header_str(&headers, header::CONTENT_TYPE);
     if !essence_is(content_type, "application/sdp") {
         return Err(Problem::new(
@@ -48,7 +64,7 @@ async fn create(
     let offer = read_text(body).await?;
     let created = state
         .control
-        .create(role, &room, &offer)
+        .create(role, &room, &offer, caller.as_ref().map(|c| c.sub.as_str()))
         .await
         .map_err(control_problem)?;
     let location = format!("/resource/{}", created.resource);
@@ -82,11 +98,12 @@ pub(crate) async fn patch_resource(
             format!("a PATCH body must be {SDPFRAG}, not {content_type:?}"),
         ));
     }
+    let caller = resource_caller(&state, &headers)?;
     let frag = read_text(body).await?;
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     let patched = state
         .control
-        .patch(&id, if_match, &frag)
+        .patch(&id, caller, if_match, &frag)
         .await
         .map_err(control_problem)?;
     let mut response = match patched.restart_answer {
@@ -100,6 +117,14 @@ pub(crate) async fn patch_resource(
         response.headers_mut().insert(header::ETAG, v);
     }
     Ok(response)
+}
+
+/// Who acts on a session resource (`None` while authentication is off).
+fn resource_caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, Problem> {
+    Ok(state.auth.caller(headers)?.map(|claims| Caller {
+        identity: claims.sub,
+        admin: claims.grants.admin,
+    }))
 }
 
 /// The media type of trickle ICE / ICE restart fragments (RFC 8840).
@@ -138,8 +163,14 @@ async fn read_text(body: Body) -> Result<String, Problem> {
 pub(crate) async fn delete_resource(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
-    state.control.delete(&id).await.map_err(control_problem)?;
+    let caller = resource_caller(&state, &headers)?;
+    state
+        .control
+        .delete(&id, caller)
+        .await
+        .map_err(control_problem)?;
     info!(resource = %id, "session deleted by client");
     Ok(StatusCode::OK)
 }
@@ -193,6 +224,7 @@ fn control_problem(e: ControlError) -> Problem {
         }
         ControlError::Negotiate(_) => StatusCode::BAD_REQUEST,
         ControlError::NotFound => StatusCode::NOT_FOUND,
+        ControlError::Forbidden => StatusCode::FORBIDDEN,
         ControlError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
         ControlError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ControlError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

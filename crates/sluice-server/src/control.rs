@@ -43,6 +43,15 @@ impl ServerConfig {
     }
 }
 
+/// Who asks for a change to a session, when authentication is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's identity (`sub`).
+    pub identity: String,
+    /// Admin tokens may act on anyone's sessions.
+    pub admin: bool,
+}
+
 /// A session the shard created.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -70,6 +79,8 @@ pub enum ControlError {
     Negotiate(NegotiateError),
     /// No session has that resource id.
     NotFound,
+    /// The caller may not act on this session (another identity's).
+    Forbidden,
     /// A PATCH came without `If-Match`.
     PreconditionRequired,
     /// A PATCH's `If-Match` names another ICE session than the current one.
@@ -83,6 +94,7 @@ impl fmt::Display for ControlError {
         match self {
             ControlError::Negotiate(e) => e.fmt(f),
             ControlError::NotFound => f.write_str("no such session"),
+            ControlError::Forbidden => f.write_str("the session belongs to another identity"),
             ControlError::PreconditionRequired => f.write_str(
                 "a PATCH needs If-Match with the session's ETag (or \"*\" for an ICE restart)",
             ),
@@ -103,14 +115,17 @@ pub(crate) enum Command {
         role: Role,
         room: String,
         offer: String,
+        identity: Option<String>,
         reply: oneshot::Sender<Result<Created, ControlError>>,
     },
     Delete {
         resource: String,
+        caller: Option<Caller>,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
     Patch {
         resource: String,
+        caller: Option<Caller>,
         if_match: Option<String>,
         frag: String,
         reply: oneshot::Sender<Result<Patched, ControlError>>,
@@ -129,29 +144,33 @@ impl ControlHandle {
         ControlHandle { tx }
     }
 
-    /// Create a publisher or viewer session in `room` from an SDP offer.
+    /// Create a publisher or viewer session in `room` from an SDP offer,
+    /// owned by `identity` (when authentication is on).
     pub async fn create(
         &self,
         role: Role,
         room: &str,
         offer: &str,
+        identity: Option<&str>,
     ) -> Result<Created, ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Create {
             role,
             room: room.to_owned(),
             offer: offer.to_owned(),
+            identity: identity.map(str::to_owned),
             reply,
         })
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
-    /// End the session with this resource id.
-    pub async fn delete(&self, resource: &str) -> Result<(), ControlError> {
+    /// End the session with this resource id on behalf of `caller`.
+    pub async fn delete(&self, resource: &str, caller: Option<Caller>) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Delete {
             resource: resource.to_owned(),
+            caller,
             reply,
         })
         .await?;
@@ -163,12 +182,14 @@ impl ControlHandle {
     pub async fn patch(
         &self,
         resource: &str,
+        caller: Option<Caller>,
         if_match: Option<&str>,
         frag: &str,
     ) -> Result<Patched, ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Patch {
             resource: resource.to_owned(),
+            caller,
             if_match: if_match.map(str::to_owned),
             frag: frag.to_owned(),
             reply,

@@ -10,7 +10,7 @@
 mod control;
 mod shard;
 
-pub use control::{ControlError, ControlHandle, Created, Patched, ServerConfig};
+pub use control::{Caller, ControlError, ControlHandle, Created, Patched, ServerConfig};
 pub use sluice_session::{NegotiateError, Role};
 
 use std::net::SocketAddr;

@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::control::{Command, ControlError, Created, Patched, ServerConfig};
+use crate::control::{Caller, Command, ControlError, Created, Patched, ServerConfig};
 
 /// Largest datagram read from the socket.
 const MAX_DATAGRAM: usize = 2048;
@@ -33,6 +33,8 @@ const MAX_ADDRS_PER_SESSION: usize = 8;
 struct Entry {
     session: Session,
     room: Arc<str>,
+    /// The token identity that created the session (authentication on).
+    identity: Option<String>,
     resource: String,
     ufrag: String,
     addrs: Vec<SocketAddr>,
@@ -317,32 +319,36 @@ impl Shard {
                 role,
                 room,
                 offer,
+                identity,
                 reply,
             } => {
-                let result = self.create(role, &room, &offer);
+                let result = self.create(role, &room, &offer, identity);
                 if let Err(e) = &result {
                     info!(room = %room, ?role, "offer refused: {e}");
                 }
                 let _ = reply.send(result);
                 self.process_events(Instant::now());
             }
-            Command::Delete { resource, reply } => {
-                let result = match self.by_resource.get(&resource).copied() {
-                    Some(id) => {
-                        self.close(id, CloseReason::Ended);
-                        Ok(())
-                    }
-                    None => Err(ControlError::NotFound),
-                };
+            Command::Delete {
+                resource,
+                caller,
+                reply,
+            } => {
+                let result = self.owned_session(&resource, caller.as_ref()).map(|id| {
+                    self.close(id, CloseReason::Ended);
+                });
                 let _ = reply.send(result);
             }
             Command::Patch {
                 resource,
+                caller,
                 if_match,
                 frag,
                 reply,
             } => {
-                let result = self.patch(&resource, if_match.as_deref(), &frag);
+                let result = self
+                    .owned_session(&resource, caller.as_ref())
+                    .and_then(|id| self.patch(id, if_match.as_deref(), &frag));
                 let _ = reply.send(result);
                 self.process_events(Instant::now());
             }
@@ -350,17 +356,33 @@ impl Shard {
         }
     }
 
-    /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
-    fn patch(
-        &mut self,
+    /// The session behind `resource`, if `caller` may act on it: its
+    /// creator, an admin, or anyone while authentication is off.
+    fn owned_session(
+        &self,
         resource: &str,
-        if_match: Option<&str>,
-        frag: &str,
-    ) -> Result<Patched, ControlError> {
+        caller: Option<&Caller>,
+    ) -> Result<SessionId, ControlError> {
         let id = *self
             .by_resource
             .get(resource)
             .ok_or(ControlError::NotFound)?;
+        let entry = self.sessions.get(&id).ok_or(ControlError::NotFound)?;
+        match (caller, &entry.identity) {
+            (Some(c), Some(owner)) if !c.admin && &c.identity != owner => {
+                Err(ControlError::Forbidden)
+            }
+            _ => Ok(id),
+        }
+    }
+
+    /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
+    fn patch(
+        &mut self,
+        id: SessionId,
+        if_match: Option<&str>,
+        frag: &str,
+    ) -> Result<Patched, ControlError> {
         let frag = SdpFrag::parse(frag).map_err(ControlError::Negotiate)?;
         let entry = self.sessions.get_mut(&id).ok_or(ControlError::NotFound)?;
         let etag = entry.session.etag();
@@ -389,7 +411,13 @@ impl Shard {
         })
     }
 
-    fn create(&mut self, role: Role, room: &str, offer: &str) -> Result<Created, ControlError> {
+    fn create(
+        &mut self,
+        role: Role,
+        room: &str,
+        offer: &str,
+        identity: Option<String>,
+    ) -> Result<Created, ControlError> {
         let now = Instant::now();
         let codecs = match role {
             Role::Publisher => Vec::new(),
@@ -424,7 +452,14 @@ impl Shard {
                 tracks.push(mid);
             }
         }
-        info!(session = id.0, room = %room, ?role, resource = %resource, "session created");
+        info!(
+            session = id.0,
+            room = %room,
+            ?role,
+            identity = identity.as_deref().unwrap_or("-"),
+            resource = %resource,
+            "session created"
+        );
         self.by_ufrag.insert(ufrag.clone(), id);
         self.by_resource.insert(resource.clone(), id);
         self.sessions.insert(
@@ -432,6 +467,7 @@ impl Shard {
             Entry {
                 session,
                 room,
+                identity,
                 resource: resource.clone(),
                 ufrag,
                 addrs: Vec::new(),

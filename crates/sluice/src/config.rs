@@ -1,6 +1,7 @@
 //! Configuration: built-in defaults, a TOML file, `SLUICE_*` environment
 //! variables and flags (highest precedence last).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,56 @@ pub struct Config {
     pub media: MediaConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Token authentication.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` section.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key id to HS256 secret. Empty: authentication is off (loopback only).
+    pub keys: BTreeMap<String, String>,
+    /// Allowed clock skew for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys: BTreeMap::new(),
+            leeway_secs: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key ids only: secrets never reach a log.
+        f.debug_struct("AuthConfig")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Add keys from `kid:secret[,kid:secret]` (the `SLUICE_AUTH_KEYS` form).
+    pub fn add_keys(&mut self, list: &str) -> Result<(), String> {
+        for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kid, secret) = pair
+                .split_once(':')
+                .filter(|(k, s)| !k.is_empty() && !s.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "auth keys are kid:secret pairs, got an entry without ':' ({} characters)",
+                        pair.len()
+                    )
+                })?;
+            self.keys.insert(kid.to_owned(), secret.to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// `[http]` section.
@@ -103,6 +154,25 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// Refuse to expose an unauthenticated server: without keys the HTTP
+    /// server must listen on loopback, unless `insecure`.
+    pub fn check_exposure(&self, insecure: bool) -> Result<(), String> {
+        let exposed = !self.http.listen.ip().is_loopback();
+        if self.auth.keys.is_empty() && exposed && !insecure {
+            return Err(format!(
+                "refusing to serve {} without authentication: configure [auth] keys (or SLUICE_AUTH_KEYS), \
+                 listen on loopback, or pass --insecure",
+                self.http.listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token verifier for this configuration.
+    pub fn auth(&self) -> sluice_http::Auth {
+        sluice_http::Auth::new(&self.auth.keys, self.auth.leeway_secs)
+    }
+
     /// The media server's settings.
     pub fn server_config(&self) -> sluice_server::ServerConfig {
         sluice_server::ServerConfig {
@@ -121,6 +191,30 @@ mod tests {
     fn example_file_shows_the_defaults() {
         let text = include_str!("../../../config/sluice.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn auth_keys_come_from_toml_and_the_env_form() {
+        let mut c = Config::from_toml("[auth.keys]\nk1 = \"s1\"\n").unwrap();
+        c.auth.add_keys("k2:s2, k3:s3:with:colons").unwrap();
+        assert_eq!(c.auth.keys.len(), 3);
+        assert_eq!(c.auth.keys["k3"], "s3:with:colons");
+        assert!(c.auth.add_keys("nocolon").is_err());
+        assert!(
+            !format!("{c:?}").contains("s1"),
+            "secrets stay out of Debug"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_servers_stay_on_loopback() {
+        let mut c = Config::default();
+        assert!(c.check_exposure(false).is_ok());
+        c.http.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.check_exposure(false).unwrap_err().contains("--insecure"));
+        assert!(c.check_exposure(true).is_ok());
+        c.auth.add_keys("k:s").unwrap();
+        assert!(c.check_exposure(false).is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (control, shard) = sluice_server::start(config.server_config(), socket)?;
-    let app = sluice_http::app(control.clone());
+    let app = sluice_http::app(control.clone(), config.auth());
     info!(http = %listener.local_addr()?, "HTTP server listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

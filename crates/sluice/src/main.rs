@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat};
+use sluice_http::auth::{Claims, Grants, mint, now_secs};
 use tokio::net::{TcpListener, UdpSocket};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Sluice: a WebRTC SFU for WHIP ingest and WHEP playback.
@@ -22,6 +23,78 @@ struct Cli {
 enum Command {
     /// Run the server (defaults: HTTP on 127.0.0.1:8080, media on UDP 127.0.0.1:50000).
     Serve(ServeArgs),
+    /// Print a signed access token (on the last line of stdout).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Key id (the token's `iss`; must be in the server's [auth] keys).
+    #[arg(long)]
+    key: String,
+    /// The key's secret.
+    #[arg(long, env = "SLUICE_TOKEN_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Room the token is for ("*" for every room, admin tokens only).
+    #[arg(long)]
+    room: String,
+    /// Identity of the holder (the token's `sub`).
+    #[arg(long)]
+    identity: String,
+    /// Allow publishing (WHIP).
+    #[arg(long)]
+    publish: bool,
+    /// Allow watching (WHEP).
+    #[arg(long)]
+    subscribe: bool,
+    /// Allow the admin API and acting on anyone's sessions.
+    #[arg(long)]
+    admin: bool,
+    /// Lifetime: seconds, or a number with s, m, h or d (e.g. 1h).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d` as seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 1h or 7d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?} is not a usable lifetime"))
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    if args.room == "*" && !args.admin {
+        return Err("room \"*\" is only valid with --admin".into());
+    }
+    let claims = Claims {
+        iss: args.key,
+        sub: args.identity,
+        exp: now_secs() + args.ttl,
+        nbf: None,
+        grants: Grants {
+            room: args.room,
+            publish: args.publish,
+            subscribe: args.subscribe,
+            admin: args.admin,
+        },
+    };
+    let token = mint(&claims, args.secret.as_bytes())?;
+    println!("{token}");
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -41,6 +114,13 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Token keys as kid:secret[,kid:secret] (prefer the environment
+    /// variable: command lines are visible to other users).
+    #[arg(long, env = "SLUICE_AUTH_KEYS", hide_env_values = true)]
+    auth_keys: Option<String>,
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -62,6 +142,10 @@ impl ServeArgs {
         if let Some(format) = self.log_format {
             config.log.format = format;
         }
+        if let Some(keys) = &self.auth_keys {
+            config.auth.add_keys(keys)?;
+        }
+        config.check_exposure(self.insecure)?;
         Ok(config)
     }
 }
@@ -97,6 +181,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot bind {} (UDP media): {e}", config.media.udp))?;
     let http = listener.local_addr().map_err(|e| e.to_string())?;
+    if config.auth.keys.is_empty() {
+        warn!(
+            "authentication is off: no [auth] keys, so anyone who reaches the HTTP port may publish and watch"
+        );
+    } else {
+        info!(
+            keys = config.auth.keys.len(),
+            "authentication is on: WHIP and WHEP need a bearer token"
+        );
+    }
     info!(
         udp = %config.media.udp,
         "Sluice is running: open http://{http}/ to publish and watch"
@@ -111,6 +205,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Token(args) => token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, audio_offer};
 use sluice_testkit::{Peer, PeerOptions};
 
 async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
@@ -33,17 +33,6 @@ async fn problem(response: reqwest::Response, status: u16) -> String {
     let body = response.text().await.unwrap();
     assert!(body.contains(&format!("\"status\":{status}")), "{body}");
     body
-}
-
-/// A minimal but complete audio offer in `direction`.
-fn audio_offer(direction: &str) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
-        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
-        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
-        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na={direction}\r\n\
-        a=rtcp-mux\r\na=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n"
-    )
 }
 
 #[tokio::test]

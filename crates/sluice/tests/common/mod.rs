@@ -38,6 +38,7 @@ impl TestServer {
     }
 
     /// Start with the default configuration.
+    #[allow(dead_code)]
     pub async fn start() -> TestServer {
         Self::start_with(|_| {}).await
     }
@@ -52,4 +53,17 @@ impl TestServer {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
     }
+}
+
+/// A minimal but complete audio offer in `direction`, for tests that need
+/// a valid SDP without a real peer behind it.
+#[allow(dead_code)]
+pub fn audio_offer(direction: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na={direction}\r\n\
+        a=rtcp-mux\r\na=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n"
+    )
 }
