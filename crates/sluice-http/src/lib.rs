@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod cors;
+pub mod ops;
 mod pages;
 mod problem;
 mod whip;
@@ -14,9 +15,10 @@ mod whip;
 use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post};
-use sluice_server::ControlHandle;
+use sluice_server::{ControlHandle, Metrics};
 
 pub use auth::Auth;
+pub use ops::Readiness;
 pub use problem::Problem;
 
 /// Largest SDP offer accepted, in bytes.
@@ -29,16 +31,23 @@ pub struct AppState {
     pub control: ControlHandle,
     /// The token verifier (disabled when no keys are configured).
     pub auth: Auth,
+    /// Every metric, rendered at `/metrics`.
+    pub metrics: Metrics,
+    /// Whether new sessions are still taken.
+    pub readiness: Readiness,
 }
 
 /// The whole HTTP application.
-pub fn app(control: ControlHandle, auth: Auth) -> Router {
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/publish/{room}", get(pages::publish))
         .route("/watch/{room}", get(pages::watch))
         .route("/assets/sluice.js", get(pages::script))
         .route("/assets/sluice.css", get(pages::style))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route(
             "/whip/{room}",
             post(whip::publish).options(whip::endpoint_options),
@@ -54,6 +63,10 @@ pub fn app(control: ControlHandle, auth: Auth) -> Router {
                 .options(whip::resource_options),
         )
         .fallback(problem::not_found)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ops::count_requests,
+        ))
         .layer(middleware::from_fn(cors::cors))
-        .with_state(AppState { control, auth })
+        .with_state(state)
 }

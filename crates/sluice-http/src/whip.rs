@@ -38,6 +38,7 @@ async fn create(
     body: Body,
     role: Role,
 ) -> Result<Response, Problem> {
+    state.readiness.check()?;
     check_room_name(&room)?;
     let caller = state.auth.caller(&headers)?;
     if let Some(claims) = &caller {

@@ -173,6 +173,11 @@ impl Router {
         self.rooms.len()
     }
 
+    /// Number of live publications.
+    pub fn publication_count(&self) -> usize {
+        self.publications.len()
+    }
+
     /// The current publication of `kind` in `room`.
     pub fn feed(&self, room: &str, kind: MediaKind) -> Option<PublicationId> {
         self.rooms.get(room)?.feeds[kind_index(kind)]

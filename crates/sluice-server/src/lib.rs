@@ -8,9 +8,11 @@
 //! viewer → drain each viewer → `send_to`.
 
 mod control;
+pub mod metrics;
 mod shard;
 
 pub use control::{Caller, ControlError, ControlHandle, Created, Patched, ServerConfig};
+pub use metrics::Metrics;
 pub use sluice_session::{NegotiateError, Role};
 
 use std::net::SocketAddr;
@@ -27,11 +29,12 @@ use tokio::task::JoinHandle;
 pub fn start(
     config: ServerConfig,
     socket: UdpSocket,
+    metrics: Metrics,
 ) -> std::io::Result<(ControlHandle, JoinHandle<()>)> {
     let local: SocketAddr = socket.local_addr()?;
     let candidate = config.candidate_address(local)?;
     let (tx, rx) = mpsc::channel(1024);
-    let shard = shard::Shard::new(config, socket, local, candidate);
+    let shard = shard::Shard::new(config, socket, local, candidate, metrics);
     let task = tokio::spawn(shard.run(rx));
     Ok((ControlHandle::new(tx), task))
 }

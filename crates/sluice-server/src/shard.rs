@@ -20,11 +20,14 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::control::{Caller, Command, ControlError, Created, Patched, ServerConfig};
+use crate::metrics::{Metrics, Tally};
 
 /// Largest datagram read from the socket.
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
+/// How often per-packet counts are added to the Prometheus counters.
+const METRICS_FLUSH: Duration = Duration::from_secs(1);
 /// Remote addresses one session may be reached from (ICE candidates that
 /// proved themselves with a STUN request carrying the session's ufrag).
 const MAX_ADDRS_PER_SESSION: usize = 8;
@@ -44,6 +47,8 @@ struct Entry {
     tracks: Vec<Mid>,
     /// The earliest wake-up of this session in the timer heap.
     next_timeout: Option<Instant>,
+    /// When the offer arrived, until the session connects.
+    joining_since: Option<Instant>,
 }
 
 /// Owner of all sessions of this server.
@@ -60,6 +65,8 @@ pub(crate) struct Shard {
     events: VecDeque<(SessionId, SessionEvent)>,
     forwards: Vec<Forward>,
     next_id: u64,
+    metrics: Metrics,
+    tally: Tally,
 }
 
 impl Shard {
@@ -68,6 +75,7 @@ impl Shard {
         socket: UdpSocket,
         local: SocketAddr,
         candidate: SocketAddr,
+        metrics: Metrics,
     ) -> Self {
         Shard {
             socket,
@@ -87,12 +95,15 @@ impl Shard {
             events: VecDeque::new(),
             forwards: Vec::new(),
             next_id: 1,
+            metrics,
+            tally: Tally::default(),
         }
     }
 
     /// Run until shut down or every control handle is gone.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut flush = tokio::time::interval(METRICS_FLUSH);
         info!(udp = %self.local, "media shard started");
         loop {
             let deadline = self
@@ -112,12 +123,20 @@ impl Shard {
                     Some(command) => self.on_command(command),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timers(Instant::now()),
+                _ = flush.tick() => {
+                    self.tally.flush(&self.metrics);
+                    self.metrics.rooms.set(self.router.room_count() as i64);
+                    self.metrics
+                        .publications
+                        .set(self.router.publication_count() as i64);
+                }
             }
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             self.close(id, CloseReason::Ended);
         }
+        self.tally.flush(&self.metrics);
         info!("media shard stopped");
     }
 
@@ -222,6 +241,10 @@ impl Shard {
                         entry.publications.iter().find(|(_, p)| *p == publication)
                 {
                     entry.session.request_keyframe(*mid, layer);
+                    self.metrics
+                        .keyframe_requests
+                        .with_label_values(&["to_publishers"])
+                        .inc();
                     self.drive(session);
                 }
             }
@@ -232,8 +255,22 @@ impl Shard {
         match event {
             SessionEvent::Rtp(rtp) => self.forward(id, rtp, now),
             SessionEvent::Connected => {
-                if let Some(e) = self.sessions.get(&id) {
-                    info!(session = id.0, room = %e.room, role = ?e.session.role(), "session connected");
+                if let Some(e) = self.sessions.get_mut(&id) {
+                    let join = e
+                        .joining_since
+                        .take()
+                        .map(|t| now.saturating_duration_since(t));
+                    if let Some(join) = join {
+                        self.metrics.join_seconds.observe(join.as_secs_f64());
+                    }
+                    info!(
+                        session = id.0,
+                        room = %e.room,
+                        identity = e.identity.as_deref().unwrap_or("-"),
+                        role = ?e.session.role(),
+                        join_ms = join.map_or(0, |j| j.as_millis() as u64),
+                        "session connected"
+                    );
                 }
             }
             SessionEvent::MediaAdded { mid, kind, rids } => {
@@ -252,6 +289,10 @@ impl Shard {
                 if let Some(entry) = self.sessions.get(&id)
                     && let Some(track) = entry.tracks.iter().position(|m| *m == mid)
                 {
+                    self.metrics
+                        .keyframe_requests
+                        .with_label_values(&["from_viewers"])
+                        .inc();
                     self.router
                         .on_keyframe_request(id, TrackId(track as u32), now);
                 }
@@ -269,6 +310,8 @@ impl Shard {
             return;
         };
         let packet = &rtp.packet;
+        self.tally.packets_received += 1;
+        self.tally.bytes_received += packet.payload.len() as u64;
         let meta = PacketMeta {
             seq: *packet.seq_no,
             ts: packet.header.timestamp,
@@ -307,6 +350,8 @@ impl Shard {
                 vp8,
             );
             if written {
+                self.tally.packets_forwarded += 1;
+                self.tally.bytes_forwarded += packet.payload.len() as u64;
                 self.drive(f.session);
             }
         }
@@ -462,6 +507,12 @@ impl Shard {
         );
         self.by_ufrag.insert(ufrag.clone(), id);
         self.by_resource.insert(resource.clone(), id);
+        let label = [role_label(role)];
+        self.metrics.sessions.with_label_values(&label).inc();
+        self.metrics
+            .sessions_created
+            .with_label_values(&label)
+            .inc();
         self.sessions.insert(
             id,
             Entry {
@@ -474,6 +525,7 @@ impl Shard {
                 publications: Vec::new(),
                 tracks,
                 next_timeout: None,
+                joining_since: Some(now),
             },
         );
         self.drive(id);
@@ -524,6 +576,10 @@ impl Shard {
         for (_, publication) in &entry.publications {
             self.router.unpublish(*publication);
         }
+        self.metrics
+            .sessions
+            .with_label_values(&[role_label(entry.session.role())])
+            .dec();
         for track in 0..entry.tracks.len() {
             self.router.unsubscribe(id, TrackId(track as u32));
         }
@@ -532,10 +588,27 @@ impl Shard {
         }
         self.by_ufrag.remove(&entry.ufrag);
         self.by_resource.remove(&entry.resource);
-        match reason {
-            CloseReason::Ended => info!(session = id.0, room = %entry.room, "session ended"),
-            _ => warn!(session = id.0, room = %entry.room, ?reason, "session lost"),
+        let identity = entry.identity.as_deref().unwrap_or("-");
+        let lost = match reason {
+            CloseReason::Ended => None,
+            CloseReason::ConsentExpired => Some("consent"),
+            CloseReason::Disconnected => Some("disconnected"),
+        };
+        match lost {
+            None => info!(session = id.0, room = %entry.room, identity, "session ended"),
+            Some(why) => {
+                self.metrics.sessions_lost.with_label_values(&[why]).inc();
+                warn!(session = id.0, room = %entry.room, identity, reason = why, "session lost");
+            }
         }
+    }
+}
+
+/// The `role` label value of a session.
+fn role_label(role: Role) -> &'static str {
+    match role {
+        Role::Publisher => "publisher",
+        Role::Viewer => "viewer",
     }
 }
 

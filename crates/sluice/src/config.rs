@@ -20,6 +20,24 @@ pub struct Config {
     pub log: LogConfig,
     /// Token authentication.
     pub auth: AuthConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[shutdown]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds live sessions may keep running after a stop signal.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_secs: 60,
+        }
+    }
 }
 
 /// `[auth]` section.
@@ -166,6 +184,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How long live sessions may run on after a stop signal.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown.drain_timeout_secs)
     }
 
     /// The token verifier for this configuration.

@@ -4,28 +4,81 @@
 
 pub mod config;
 
-use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use sluice_http::{AppState, Readiness};
+use sluice_server::Metrics;
 use tokio::net::{TcpListener, UdpSocket};
-use tracing::info;
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
 
 pub use config::Config;
 
-/// Run the server on `listener` (HTTP) and `socket` (media) until
-/// `shutdown` completes.
+/// How often draining checks whether the last session ended.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+/// Longest wait for the shard and the HTTP server to finish at the end.
+const FINAL_WAIT: Duration = Duration::from_secs(3);
+
+/// Run the server on `listener` (HTTP) and `socket` (media).
+///
+/// The first message on `stop` starts draining: new sessions get 503 and
+/// `/readyz` turns unhealthy, while live sessions run until they end or
+/// `shutdown.drain_timeout_secs` passes. A second message (or the drain
+/// ending) closes every session and returns.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
     socket: UdpSocket,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut stop: mpsc::Receiver<()>,
 ) -> std::io::Result<()> {
-    let (control, shard) = sluice_server::start(config.server_config(), socket)?;
-    let app = sluice_http::app(control.clone(), config.auth());
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let (control, shard) = sluice_server::start(config.server_config(), socket, metrics.clone())?;
+    let app = sluice_http::app(AppState {
+        control: control.clone(),
+        auth: config.auth(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+    });
     info!(http = %listener.local_addr()?, "HTTP server listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let http_done = Arc::new(Notify::new());
+    let http_stop = http_done.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.notified().await })
+            .await
+    });
+
+    let mut signals_open = stop.recv().await.is_some();
+    readiness.start_draining();
+    let deadline = tokio::time::Instant::now() + config.drain_timeout();
+    info!(
+        sessions = metrics.live_sessions(),
+        "draining: taking no new sessions, waiting for live ones to end"
+    );
+    while metrics.live_sessions() > 0 {
+        tokio::select! {
+            signal = stop.recv(), if signals_open => {
+                if signal.is_some() {
+                    warn!(sessions = metrics.live_sessions(), "second stop signal: closing every session now");
+                    break;
+                }
+                signals_open = false;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(sessions = metrics.live_sessions(), "drain timeout: closing the remaining sessions");
+                break;
+            }
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+        }
+    }
     control.shutdown().await;
-    let _ = shard.await;
+    let _ = tokio::time::timeout(FINAL_WAIT, shard).await;
+    http_done.notify_one();
+    if let Ok(Ok(result)) = tokio::time::timeout(FINAL_WAIT, http).await {
+        result?;
+    }
+    info!("stopped");
     Ok(())
 }

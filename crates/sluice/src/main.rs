@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat};
 use sluice_http::auth::{Claims, Grants, mint, now_secs};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -160,15 +161,24 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
+/// Forward every SIGTERM and Ctrl-C to `stop`: the first drains, the
+/// second stops at once.
+async fn forward_signals(stop: mpsc::Sender<()>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        error!("cannot install a SIGTERM handler");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        info!("stop signal received");
+        if stop.send(()).await.is_err() {
+            return;
+        }
     }
-    info!("shutting down");
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -195,7 +205,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         udp = %config.media.udp,
         "Sluice is running: open http://{http}/ to publish and watch"
     );
-    sluice::serve(&config, listener, socket, shutdown_signal())
+    let (stop, stopped) = mpsc::channel(2);
+    tokio::spawn(forward_signals(stop));
+    sluice::serve(&config, listener, socket, stopped)
         .await
         .map_err(|e| e.to_string())
 }

@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use sluice::Config;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// A server running for one test.
 pub struct TestServer {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub url: String,
-    stop: Option<oneshot::Sender<()>>,
+    stop: mpsc::Sender<()>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -23,16 +23,12 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            sluice::serve(&config, listener, socket, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
+        let (stop, stopped) = mpsc::channel(2);
+        let task =
+            tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
         TestServer {
             url,
-            stop: Some(stop),
+            stop,
             task: Some(task),
         }
     }
@@ -43,11 +39,11 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Stop the server and wait for it to finish.
+    /// Stop the server at once (two stop signals) and wait for it.
     #[allow(dead_code)]
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        for _ in 0..2 {
+            let _ = self.stop.send(()).await;
         }
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;

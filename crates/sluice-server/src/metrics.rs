@@ -1,0 +1,207 @@
+//! Prometheus metrics of the media server, all prefixed `sluice_`.
+//!
+//! The shard counts packets in plain integers and adds them to the
+//! Prometheus counters once a second ([`Tally`]), so the per-packet path
+//! touches no shared memory.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric Sluice exports, registered in [`Metrics::registry`].
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Live sessions by role (`publisher`, `viewer`).
+    pub sessions: IntGaugeVec,
+    /// Sessions ever created, by role.
+    pub sessions_created: IntCounterVec,
+    /// Sessions that ended without a DELETE, by reason (`consent`, `disconnected`).
+    pub sessions_lost: IntCounterVec,
+    /// Rooms with at least one session (refreshed every second).
+    pub rooms: IntGauge,
+    /// Published tracks (refreshed every second).
+    pub publications: IntGauge,
+    /// RTP packets received from publishers.
+    pub packets_received: IntCounter,
+    /// RTP payload bytes received from publishers.
+    pub bytes_received: IntCounter,
+    /// RTP packets forwarded to viewers.
+    pub packets_forwarded: IntCounter,
+    /// RTP payload bytes forwarded to viewers.
+    pub bytes_forwarded: IntCounter,
+    /// Keyframe requests, by direction (`from_viewers`, `to_publishers`).
+    pub keyframe_requests: IntCounterVec,
+    /// Seconds from a session's POST to ICE and DTLS being up.
+    pub join_seconds: Histogram,
+    /// HTTP requests by route, method and status.
+    pub http_requests: IntCounterVec,
+    /// Process CPU time (user + system), seconds.
+    pub process_cpu_seconds: prometheus::Gauge,
+    /// Process resident memory, bytes.
+    pub process_resident_bytes: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric in a new registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(format!("sluice_{name}"), help);
+        // Metric definitions are constants: failing to build or register
+        // one is a programming error caught by the first test run.
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(opts(name, help)).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(opts(name, help)).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let sessions = IntGaugeVec::new(opts("sessions", "Live sessions by role"), &["role"])
+            .expect("valid gauge");
+        registry
+            .register(Box::new(sessions.clone()))
+            .expect("unique metric");
+        let join_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_join_seconds",
+                "Seconds from a session's POST until ICE and DTLS are up",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(join_seconds.clone()))
+            .expect("unique metric");
+        let cpu = prometheus::Gauge::with_opts(opts(
+            "process_cpu_seconds",
+            "Process CPU time, user plus system, in seconds",
+        ))
+        .expect("valid gauge");
+        registry
+            .register(Box::new(cpu.clone()))
+            .expect("unique metric");
+        Metrics {
+            sessions,
+            sessions_created: counter_vec(
+                "sessions_created_total",
+                "Sessions created, by role",
+                &["role"],
+            ),
+            sessions_lost: counter_vec(
+                "sessions_lost_total",
+                "Sessions that ended without a DELETE (ICE/DTLS failure or vanished peer), by reason",
+                &["reason"],
+            ),
+            rooms: gauge("rooms", "Rooms with at least one session"),
+            publications: gauge("publications", "Published tracks"),
+            packets_received: counter(
+                "packets_received_total",
+                "RTP packets received from publishers",
+            ),
+            bytes_received: counter(
+                "bytes_received_total",
+                "RTP payload bytes received from publishers",
+            ),
+            packets_forwarded: counter(
+                "packets_forwarded_total",
+                "RTP packets forwarded to viewers",
+            ),
+            bytes_forwarded: counter(
+                "bytes_forwarded_total",
+                "RTP payload bytes forwarded to viewers",
+            ),
+            keyframe_requests: counter_vec(
+                "keyframe_requests_total",
+                "Keyframe requests (PLI/FIR) from viewers and sent to publishers",
+                &["direction"],
+            ),
+            join_seconds,
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+                &["route", "method", "status"],
+            ),
+            process_cpu_seconds: cpu,
+            process_resident_bytes: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory in bytes",
+            ),
+            registry,
+        }
+    }
+
+    /// Live sessions of both roles.
+    pub fn live_sessions(&self) -> i64 {
+        ["publisher", "viewer"]
+            .iter()
+            .map(|r| self.sessions.with_label_values(&[r]).get())
+            .sum()
+    }
+
+    /// Refresh the process gauges from `/proc/self` (Linux; elsewhere they
+    /// stay 0).
+    pub fn update_process(&self) {
+        let ticks_per_second = 100.0; // USER_HZ on Linux
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name; utime and stime
+            // are the 14th and 15th fields of the whole line.
+            if let Some(rest) = stat.rsplit(')').next() {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: f64 = [11, 12]
+                    .iter()
+                    .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+                    .sum();
+                self.process_cpu_seconds.set(ticks / ticks_per_second);
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+        {
+            self.process_resident_bytes.set(pages * 4096);
+        }
+    }
+}
+
+/// Per-packet counts kept in plain integers by the shard.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) packets_received: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) packets_forwarded: u64,
+    pub(crate) bytes_forwarded: u64,
+}
+
+impl Tally {
+    /// Add the counts to `metrics` and start over.
+    pub(crate) fn flush(&mut self, metrics: &Metrics) {
+        metrics.packets_received.inc_by(self.packets_received);
+        metrics.bytes_received.inc_by(self.bytes_received);
+        metrics.packets_forwarded.inc_by(self.packets_forwarded);
+        metrics.bytes_forwarded.inc_by(self.bytes_forwarded);
+        *self = Tally::default();
+    }
+}
