@@ -282,7 +282,14 @@ impl Shard {
                         .router
                         .publish(&entry.room, id, media_kind(kind), &rids);
                     entry.publications.push((mid, publication));
-                    info!(session = id.0, room = %entry.room, ?kind, layers = rids.len(), "track published");
+                    info!(
+                        session = id.0,
+                        room = %entry.room,
+                        identity = entry.identity.as_deref().unwrap_or("-"),
+                        ?kind,
+                        layers = rids.len(),
+                        "track published"
+                    );
                 }
             }
             SessionEvent::KeyframeRequest { mid } => {
@@ -446,7 +453,12 @@ impl Shard {
             self.by_ufrag.remove(&entry.ufrag);
             self.by_ufrag.insert(ufrag.clone(), id);
             entry.ufrag = ufrag;
-            info!(session = id.0, room = %entry.room, "ICE restarted");
+            info!(
+                session = id.0,
+                room = %entry.room,
+                identity = entry.identity.as_deref().unwrap_or("-"),
+                "ICE restarted"
+            );
         }
         let etag = entry.session.etag();
         self.drive(id);
