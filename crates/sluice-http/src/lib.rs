@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod cors;
+pub mod limits;
 pub mod ops;
 mod pages;
 mod problem;
@@ -18,11 +19,9 @@ use axum::routing::{get, post};
 use sluice_server::{ControlHandle, Metrics};
 
 pub use auth::Auth;
+pub use limits::{HttpLimits, RateLimiter};
 pub use ops::Readiness;
 pub use problem::Problem;
-
-/// Largest SDP offer accepted, in bytes.
-pub const MAX_SDP_BYTES: usize = 64 * 1024;
 
 /// State shared by all handlers.
 #[derive(Clone)]
@@ -35,6 +34,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Whether new sessions are still taken.
     pub readiness: Readiness,
+    /// Body size and request rate limits.
+    pub limits: HttpLimits,
+    /// Session POSTs per client address.
+    pub rate: RateLimiter,
 }
 
 /// The whole HTTP application.

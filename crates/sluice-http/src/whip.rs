@@ -1,44 +1,51 @@
 //! WHIP and WHEP endpoints and their session resources (RFC 9725).
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_server::{Caller, ControlError, Role};
+use std::net::SocketAddr;
+use std::time::Instant;
+
 use tracing::info;
 
+use crate::AppState;
 use crate::auth::forbidden;
 use crate::problem::Problem;
-use crate::{AppState, MAX_SDP_BYTES};
 
 /// `POST /whip/{room}`: publish into a room.
 pub(crate) async fn publish(
     state: State<AppState>,
+    client: ConnectInfo<SocketAddr>,
     room: Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    create(state, room, headers, body, Role::Publisher).await
+    create(state, client, room, headers, body, Role::Publisher).await
 }
 
 /// `POST /whep/{room}`: watch a room.
 pub(crate) async fn watch(
     state: State<AppState>,
+    client: ConnectInfo<SocketAddr>,
     room: Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    create(state, room, headers, body, Role::Viewer).await
+    create(state, client, room, headers, body, Role::Viewer).await
 }
 
 async fn create(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Body,
     role: Role,
 ) -> Result<Response, Problem> {
     state.readiness.check()?;
+    state.rate.check(client.ip(), Instant::now())?;
     check_room_name(&room)?;
     let caller = state.auth.caller(&headers)?;
     if let Some(claims) = &caller {
@@ -62,10 +69,11 @@ async fn create(
             format!("the offer must be application/sdp, not {content_type:?}"),
         ));
     }
-    let offer = read_text(body).await?;
+    let offer = read_text(body, state.limits.max_body_bytes).await?;
+    let identity = caller.as_ref().map(|c| c.sub.as_str());
     let created = state
         .control
-        .create(role, &room, &offer, caller.as_ref().map(|c| c.sub.as_str()))
+        .create(role, &room, &offer, identity, client.ip())
         .await
         .map_err(control_problem)?;
     let location = format!("/resource/{}", created.resource);
@@ -100,7 +108,7 @@ pub(crate) async fn patch_resource(
         ));
     }
     let caller = resource_caller(&state, &headers)?;
-    let frag = read_text(body).await?;
+    let frag = read_text(body, state.limits.max_body_bytes).await?;
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     let patched = state
         .control
@@ -148,12 +156,12 @@ fn essence_is(content_type: &str, media_type: &str) -> bool {
         .is_some_and(|e| e.trim().eq_ignore_ascii_case(media_type))
 }
 
-/// Read a UTF-8 body of at most [`MAX_SDP_BYTES`].
-async fn read_text(body: Body) -> Result<String, Problem> {
-    let bytes = to_bytes(body, MAX_SDP_BYTES).await.map_err(|_| {
+/// Read a UTF-8 body of at most `limit` bytes.
+async fn read_text(body: Body, limit: usize) -> Result<String, Problem> {
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {MAX_SDP_BYTES} bytes"),
+            format!("the body is larger than {limit} bytes"),
         )
     })?;
     String::from_utf8(bytes.to_vec())
@@ -225,10 +233,21 @@ fn control_problem(e: ControlError) -> Problem {
         }
         ControlError::Negotiate(_) => StatusCode::BAD_REQUEST,
         ControlError::NotFound => StatusCode::NOT_FOUND,
-        ControlError::Forbidden => StatusCode::FORBIDDEN,
+        ControlError::Forbidden | ControlError::RoomFull => StatusCode::FORBIDDEN,
+        ControlError::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+        ControlError::TooManyRooms => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
         ControlError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ControlError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
-    Problem::new(status, e.to_string())
+    let problem = Problem::new(status, e.to_string());
+    match e {
+        ControlError::TooManyRooms | ControlError::TooManySessions => {
+            problem.with_retry_after(CAPACITY_RETRY_AFTER_SECS)
+        }
+        _ => problem,
+    }
 }
+
+/// Seconds a client should wait when the server or its address is full.
+const CAPACITY_RETRY_AFTER_SECS: u64 = 10;

@@ -17,6 +17,29 @@ pub struct ServerConfig {
     pub consent_timeout: Duration,
     /// At most one keyframe request per publication layer per interval.
     pub keyframe_interval: Duration,
+    /// Capacity limits.
+    pub limits: Limits,
+}
+
+/// How much one server, room or client may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Rooms with sessions at once.
+    pub max_rooms: usize,
+    /// Sessions (publishers and viewers) in one room.
+    pub max_sessions_per_room: usize,
+    /// Sessions created from one client IP address that are live at once.
+    pub max_sessions_per_address: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_rooms: 1000,
+            max_sessions_per_room: 1000,
+            max_sessions_per_address: 100,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -25,6 +48,7 @@ impl Default for ServerConfig {
             public_ip: None,
             consent_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(500),
+            limits: Limits::default(),
         }
     }
 }
@@ -81,6 +105,12 @@ pub enum ControlError {
     NotFound,
     /// The caller may not act on this session (another identity's).
     Forbidden,
+    /// The server holds as many rooms as it may.
+    TooManyRooms,
+    /// The room holds as many sessions as it may.
+    RoomFull,
+    /// The client's address holds as many sessions as it may.
+    TooManySessions,
     /// A PATCH came without `If-Match`.
     PreconditionRequired,
     /// A PATCH's `If-Match` names another ICE session than the current one.
@@ -95,6 +125,11 @@ impl fmt::Display for ControlError {
             ControlError::Negotiate(e) => e.fmt(f),
             ControlError::NotFound => f.write_str("no such session"),
             ControlError::Forbidden => f.write_str("the session belongs to another identity"),
+            ControlError::TooManyRooms => f.write_str("the server holds as many rooms as it may"),
+            ControlError::RoomFull => f.write_str("the room holds as many sessions as it may"),
+            ControlError::TooManySessions => {
+                f.write_str("your address holds as many sessions as it may: end one first")
+            }
             ControlError::PreconditionRequired => f.write_str(
                 "a PATCH needs If-Match with the session's ETag (or \"*\" for an ICE restart)",
             ),
@@ -116,6 +151,7 @@ pub(crate) enum Command {
         room: String,
         offer: String,
         identity: Option<String>,
+        client: IpAddr,
         reply: oneshot::Sender<Result<Created, ControlError>>,
     },
     Delete {
@@ -144,14 +180,15 @@ impl ControlHandle {
         ControlHandle { tx }
     }
 
-    /// Create a publisher or viewer session in `room` from an SDP offer,
-    /// owned by `identity` (when authentication is on).
+    /// Create a publisher or viewer session in `room` from an SDP offer
+    /// sent by `client`, owned by `identity` (when authentication is on).
     pub async fn create(
         &self,
         role: Role,
         room: &str,
         offer: &str,
         identity: Option<&str>,
+        client: IpAddr,
     ) -> Result<Created, ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Create {
@@ -159,6 +196,7 @@ impl ControlHandle {
             room: room.to_owned(),
             offer: offer.to_owned(),
             identity: identity.map(str::to_owned),
+            client,
             reply,
         })
         .await?;

@@ -11,7 +11,7 @@ mod control;
 pub mod metrics;
 mod shard;
 
-pub use control::{Caller, ControlError, ControlHandle, Created, Patched, ServerConfig};
+pub use control::{Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig};
 pub use metrics::Metrics;
 pub use sluice_session::{NegotiateError, Role};
 

@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::control::{Caller, Command, ControlError, Created, Patched, ServerConfig};
+use crate::control::{Caller, Command, ControlError, Created, Limits, Patched, ServerConfig};
 use crate::metrics::{Metrics, Tally};
 
 /// Largest datagram read from the socket.
@@ -38,6 +38,8 @@ struct Entry {
     room: Arc<str>,
     /// The token identity that created the session (authentication on).
     identity: Option<String>,
+    /// The HTTP client address that created it.
+    client: IpAddr,
     resource: String,
     ufrag: String,
     addrs: Vec<SocketAddr>,
@@ -67,6 +69,10 @@ pub(crate) struct Shard {
     next_id: u64,
     metrics: Metrics,
     tally: Tally,
+    limits: Limits,
+    /// Live sessions per room and per client address, for the limits.
+    per_room: HashMap<Arc<str>, usize>,
+    per_address: HashMap<IpAddr, usize>,
 }
 
 impl Shard {
@@ -77,6 +83,7 @@ impl Shard {
         candidate: SocketAddr,
         metrics: Metrics,
     ) -> Self {
+        let limits = config.limits.clone();
         Shard {
             socket,
             local,
@@ -97,6 +104,9 @@ impl Shard {
             next_id: 1,
             metrics,
             tally: Tally::default(),
+            limits,
+            per_room: HashMap::new(),
+            per_address: HashMap::new(),
         }
     }
 
@@ -125,7 +135,7 @@ impl Shard {
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timers(Instant::now()),
                 _ = flush.tick() => {
                     self.tally.flush(&self.metrics);
-                    self.metrics.rooms.set(self.router.room_count() as i64);
+                    self.metrics.rooms.set(self.per_room.len() as i64);
                     self.metrics
                         .publications
                         .set(self.router.publication_count() as i64);
@@ -372,9 +382,10 @@ impl Shard {
                 room,
                 offer,
                 identity,
+                client,
                 reply,
             } => {
-                let result = self.create(role, &room, &offer, identity);
+                let result = self.create(role, &room, &offer, identity, client);
                 if let Err(e) = &result {
                     info!(room = %room, ?role, "offer refused: {e}");
                 }
@@ -474,7 +485,9 @@ impl Shard {
         room: &str,
         offer: &str,
         identity: Option<String>,
+        client: IpAddr,
     ) -> Result<Created, ControlError> {
+        self.check_limits(room, client)?;
         let now = Instant::now();
         let codecs = match role {
             Role::Publisher => Vec::new(),
@@ -488,7 +501,12 @@ impl Shard {
         let resource = format!("{:032x}", rand::random::<u128>());
         let ufrag = session.local_ufrag();
         let etag = session.etag();
-        let room: Arc<str> = Arc::from(room);
+        let room: Arc<str> = self
+            .per_room
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(k, _)| k.clone());
+        *self.per_room.entry(room.clone()).or_default() += 1;
+        *self.per_address.entry(client).or_default() += 1;
         let mut tracks = Vec::new();
         if role == Role::Viewer {
             for (index, (mid, kind)) in session.send_tracks().into_iter().enumerate() {
@@ -531,6 +549,7 @@ impl Shard {
                 session,
                 room,
                 identity,
+                client,
                 resource: resource.clone(),
                 ufrag,
                 addrs: Vec::new(),
@@ -546,6 +565,21 @@ impl Shard {
             answer,
             etag,
         })
+    }
+
+    /// Refuse a new session when the server, the room or the client's
+    /// address is full.
+    fn check_limits(&self, room: &str, client: IpAddr) -> Result<(), ControlError> {
+        if self.per_address.get(&client).copied().unwrap_or(0)
+            >= self.limits.max_sessions_per_address
+        {
+            return Err(ControlError::TooManySessions);
+        }
+        match self.per_room.get(room) {
+            Some(&n) if n >= self.limits.max_sessions_per_room => Err(ControlError::RoomFull),
+            None if self.per_room.len() >= self.limits.max_rooms => Err(ControlError::TooManyRooms),
+            _ => Ok(()),
+        }
     }
 
     /// The codecs the room's current publishers send, which a new viewer
@@ -598,6 +632,8 @@ impl Shard {
         for addr in &entry.addrs {
             self.by_addr.remove(addr);
         }
+        decrement(&mut self.per_room, &entry.room);
+        decrement(&mut self.per_address, &entry.client);
         self.by_ufrag.remove(&entry.ufrag);
         self.by_resource.remove(&entry.resource);
         let identity = entry.identity.as_deref().unwrap_or("-");
@@ -612,6 +648,16 @@ impl Shard {
                 self.metrics.sessions_lost.with_label_values(&[why]).inc();
                 warn!(session = id.0, room = %entry.room, identity, reason = why, "session lost");
             }
+        }
+    }
+}
+
+/// Count one session less under `key`, forgetting keys that reach zero.
+fn decrement<K: std::hash::Hash + Eq + Clone>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
         }
     }
 }

@@ -22,6 +22,39 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Capacity and rate limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest SDP offer or PATCH body, in bytes (413 above).
+    pub max_sdp_bytes: usize,
+    /// Session POSTs per second per client address (429 above; bursts of
+    /// twice as many pass).
+    pub posts_per_second_per_address: f64,
+    /// Rooms at once (503 above).
+    pub max_rooms: usize,
+    /// Sessions in one room (403 above).
+    pub max_sessions_per_room: usize,
+    /// Live sessions created from one client address (429 above).
+    pub max_sessions_per_address: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let http = sluice_http::HttpLimits::default();
+        let server = sluice_server::Limits::default();
+        LimitsConfig {
+            max_sdp_bytes: http.max_body_bytes,
+            posts_per_second_per_address: http.posts_per_second,
+            max_rooms: server.max_rooms,
+            max_sessions_per_room: server.max_sessions_per_room,
+            max_sessions_per_address: server.max_sessions_per_address,
+        }
+    }
 }
 
 /// `[shutdown]` section.
@@ -202,6 +235,19 @@ impl Config {
             public_ip: self.media.public_ip,
             consent_timeout: Duration::from_secs(self.media.consent_timeout_secs),
             keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
+            limits: sluice_server::Limits {
+                max_rooms: self.limits.max_rooms,
+                max_sessions_per_room: self.limits.max_sessions_per_room,
+                max_sessions_per_address: self.limits.max_sessions_per_address,
+            },
+        }
+    }
+
+    /// The HTTP layer's limits.
+    pub fn http_limits(&self) -> sluice_http::HttpLimits {
+        sluice_http::HttpLimits {
+            max_body_bytes: self.limits.max_sdp_bytes,
+            posts_per_second: self.limits.posts_per_second_per_address,
         }
     }
 }

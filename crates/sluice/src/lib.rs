@@ -7,7 +7,9 @@ pub mod config;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_http::{AppState, Readiness};
+use std::net::SocketAddr;
+
+use sluice_http::{AppState, RateLimiter, Readiness};
 use sluice_server::Metrics;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, mpsc};
@@ -40,14 +42,19 @@ pub async fn serve(
         auth: config.auth(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
+        limits: config.http_limits(),
+        rate: RateLimiter::new(config.limits.posts_per_second_per_address),
     });
     info!(http = %listener.local_addr()?, "HTTP server listening");
     let http_done = Arc::new(Notify::new());
     let http_stop = http_done.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.notified().await })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_stop.notified().await })
+        .await
     });
 
     let mut signals_open = stop.recv().await.is_some();
