@@ -5,6 +5,7 @@
 //! response carries CORS headers so pages on other origins can publish and
 //! watch.
 
+mod admin;
 pub mod auth;
 mod cors;
 pub mod limits;
@@ -48,6 +49,19 @@ pub fn app(state: AppState) -> Router {
         .route("/watch/{room}", get(pages::watch))
         .route("/assets/sluice.js", get(pages::script))
         .route("/assets/sluice.css", get(pages::style))
+        .route("/api/rooms", get(admin::list_rooms))
+        .route(
+            "/api/rooms/{room}",
+            get(admin::get_room).delete(admin::close_room),
+        )
+        .route(
+            "/api/rooms/{room}/participants/{id}",
+            axum::routing::delete(admin::remove_participant),
+        )
+        .route(
+            "/api/rooms/{room}/tracks/{track}/mute",
+            post(admin::mute_track),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

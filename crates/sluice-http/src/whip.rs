@@ -226,7 +226,8 @@ fn check_room_name(room: &str) -> Result<(), Problem> {
     }
 }
 
-fn control_problem(e: ControlError) -> Problem {
+/// The HTTP answer to a control-plane error.
+pub(crate) fn control_problem(e: ControlError) -> Problem {
     let status = match &e {
         ControlError::Negotiate(sluice_server::NegotiateError::UnsupportedCodec(_)) => {
             StatusCode::UNPROCESSABLE_ENTITY

@@ -190,6 +190,7 @@ mod tests {
             seq,
             ts,
             marker: false,
+            size: 100,
             keyframe,
             vp8: None,
             arrival: at,

@@ -6,63 +6,114 @@ use std::time::{Duration, Instant};
 /// A layer that sent nothing for this long counts as inactive.
 const INACTIVE_AFTER: Duration = Duration::from_millis(1500);
 
+/// Bitrates are measured over windows of this length.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// One simulcast layer (or the only stream of a plain publication).
+#[derive(Debug, Clone)]
+struct Layer {
+    rid: Option<String>,
+    rank: u8,
+    last_packet: Option<Instant>,
+    window_start: Option<Instant>,
+    window_bytes: u64,
+    bitrate_bps: u64,
+}
+
+/// What the admin API shows of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The rid, for simulcast layers.
+    pub rid: Option<String>,
+    /// Whether packets arrived recently.
+    pub active: bool,
+    /// Payload bitrate over the last full second, bits per second.
+    pub bitrate_bps: u64,
+}
+
 /// The layers of one publication, indexed as the publisher declared them.
 #[derive(Debug, Clone)]
 pub struct Layers {
-    ranks: Vec<u8>,
-    last_packet: Vec<Option<Instant>>,
+    layers: Vec<Layer>,
 }
 
 impl Layers {
     /// Layers named by their rids (`[None]`, or no rids at all, for a
     /// publication without simulcast).
     pub fn new(rids: &[Option<String>]) -> Self {
-        let mut ranks: Vec<u8> = rids
-            .iter()
-            .enumerate()
-            .map(|(i, rid)| rank(rid.as_deref(), i))
-            .collect();
-        if ranks.is_empty() {
-            ranks.push(0);
-        }
+        let plain = [None];
+        let rids = if rids.is_empty() { &plain[..] } else { rids };
         Layers {
-            last_packet: vec![None; ranks.len()],
-            ranks,
+            layers: rids
+                .iter()
+                .enumerate()
+                .map(|(i, rid)| Layer {
+                    rid: rid.clone(),
+                    rank: rank(rid.as_deref(), i),
+                    last_packet: None,
+                    window_start: None,
+                    window_bytes: 0,
+                    bitrate_bps: 0,
+                })
+                .collect(),
         }
     }
 
     /// Number of layers.
     pub fn len(&self) -> usize {
-        self.ranks.len()
+        self.layers.len()
     }
 
     /// Whether the publication has no layers (never true: a plain stream is
     /// one layer).
     pub fn is_empty(&self) -> bool {
-        self.ranks.is_empty()
+        self.layers.is_empty()
     }
 
-    /// Record a packet on `layer`. Returns `true` when the layer just became
-    /// active, which may change the best layer.
-    pub fn on_packet(&mut self, layer: u8, now: Instant) -> bool {
-        let Some(slot) = self.last_packet.get_mut(usize::from(layer)) else {
+    /// Record a packet of `bytes` on `layer`. Returns `true` when the layer
+    /// just became active, which may change the best layer.
+    pub fn on_packet(&mut self, layer: u8, bytes: usize, now: Instant) -> bool {
+        let Some(l) = self.layers.get_mut(usize::from(layer)) else {
             return false;
         };
-        let was_active = slot.is_some_and(|t| now.saturating_duration_since(t) < INACTIVE_AFTER);
-        *slot = Some(now);
+        let was_active = is_active(l, now);
+        l.last_packet = Some(now);
+        let start = *l.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            l.bitrate_bps = l.window_bytes * 8 * 1000 / elapsed.as_millis().max(1) as u64;
+            l.window_start = Some(now);
+            l.window_bytes = 0;
+        }
+        l.window_bytes += bytes as u64;
         !was_active
     }
 
     /// The highest-quality layer that is active at `now`.
     pub fn best_active(&self, now: Instant) -> Option<u8> {
-        (0..self.ranks.len())
-            .filter(|&i| {
-                self.last_packet[i]
-                    .is_some_and(|t| now.saturating_duration_since(t) < INACTIVE_AFTER)
-            })
-            .max_by_key(|&i| self.ranks[i])
+        (0..self.layers.len())
+            .filter(|&i| is_active(&self.layers[i], now))
+            .max_by_key(|&i| self.layers[i].rank)
             .map(|i| i as u8)
     }
+
+    /// Each layer's rid, activity and bitrate at `now`.
+    pub fn info(&self, now: Instant) -> Vec<LayerInfo> {
+        self.layers
+            .iter()
+            .map(|l| LayerInfo {
+                rid: l.rid.clone(),
+                active: is_active(l, now),
+                bitrate_bps: if is_active(l, now) { l.bitrate_bps } else { 0 },
+            })
+            .collect()
+    }
+}
+
+fn is_active(layer: &Layer, now: Instant) -> bool {
+    layer
+        .last_packet
+        .is_some_and(|t| now.saturating_duration_since(t) < INACTIVE_AFTER)
 }
 
 /// Quality rank of a layer from its rid, following the names browsers and
@@ -91,17 +142,36 @@ mod tests {
         let rids = ["f", "q", "h"].map(|r| Some(r.to_string()));
         let mut l = Layers::new(&rids);
         assert_eq!(l.best_active(t0), None);
-        assert!(l.on_packet(1, t0));
-        assert!(!l.on_packet(1, t0));
+        assert!(l.on_packet(1, 100, t0));
+        assert!(!l.on_packet(1, 100, t0));
         assert_eq!(l.best_active(t0), Some(1));
-        l.on_packet(2, t0);
+        l.on_packet(2, 100, t0);
         assert_eq!(l.best_active(t0), Some(2));
-        l.on_packet(0, t0);
+        l.on_packet(0, 100, t0);
         assert_eq!(l.best_active(t0), Some(0), "f ranks highest");
         // Only q keeps sending: after the inactivity window it is the best.
         let t1 = t0 + Duration::from_secs(2);
-        l.on_packet(1, t1);
+        l.on_packet(1, 100, t1);
         assert_eq!(l.best_active(t1), Some(1));
-        assert!(!l.on_packet(7, t1), "unknown layer index is ignored");
+        assert!(!l.on_packet(7, 100, t1), "unknown layer index is ignored");
+    }
+
+    #[test]
+    fn bitrate_is_measured_per_second() {
+        let t0 = Instant::now();
+        let mut l = Layers::new(&[None]);
+        // 100 packets of 1000 bytes over one second: 800 kbit/s.
+        for i in 0..=100u64 {
+            l.on_packet(0, 1000, t0 + Duration::from_millis(i * 10));
+        }
+        let info = l.info(t0 + Duration::from_millis(1000));
+        assert_eq!(info.len(), 1);
+        assert!(info[0].active && info[0].rid.is_none());
+        assert_eq!(info[0].bitrate_bps, 800_000);
+        assert_eq!(
+            l.info(t0 + Duration::from_secs(5))[0].bitrate_bps,
+            0,
+            "idle layers read 0"
+        );
     }
 }

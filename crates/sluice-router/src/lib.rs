@@ -14,6 +14,8 @@ pub mod router;
 pub use codec::Codec;
 pub use forwarder::{Forwarder, Rewritten, SourceKey};
 pub use keyframe::KeyframeThrottle;
+pub use layer::LayerInfo;
 pub use router::{
-    Forward, MediaKind, PacketMeta, PublicationId, Router, RouterEvent, SessionId, TrackId,
+    Forward, MediaKind, PacketMeta, PublicationId, PublicationInfo, Router, RouterEvent, SessionId,
+    TrackId,
 };

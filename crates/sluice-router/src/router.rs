@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::forwarder::{Forwarder, Rewritten, SourceKey, Vp8Ids};
 use crate::keyframe::KeyframeThrottle;
-use crate::layer::Layers;
+use crate::layer::{LayerInfo, Layers};
 
 /// How often a publication re-checks which of its layers are alive.
 const LAYER_RECHECK: Duration = Duration::from_millis(500);
@@ -47,6 +47,8 @@ pub struct PacketMeta {
     pub ts: u32,
     /// RTP marker bit.
     pub marker: bool,
+    /// Payload size in bytes.
+    pub size: usize,
     /// Whether the packet starts a keyframe.
     pub keyframe: bool,
     /// VP8 descriptor identifiers, for VP8 payloads that carry them.
@@ -78,6 +80,19 @@ pub enum RouterEvent {
         /// Layer index within the publication.
         layer: u8,
     },
+}
+
+/// A publication as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationInfo {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Whether an operator muted it.
+    pub muted: bool,
+    /// Subscriptions following it.
+    pub subscribers: usize,
+    /// Its layers.
+    pub layers: Vec<LayerInfo>,
 }
 
 /// Tunables of the router.
@@ -112,6 +127,8 @@ struct Publication {
     layers: Layers,
     /// The layer every subscription currently aims for.
     best_layer: Option<u8>,
+    /// Muted by an operator: nothing is forwarded.
+    muted: bool,
     /// When layer activity was last re-evaluated.
     layers_checked: Option<Instant>,
     throttles: Vec<KeyframeThrottle>,
@@ -173,6 +190,39 @@ impl Router {
         self.rooms.len()
     }
 
+    /// Stop (or resume) forwarding a publication. Returns whether it exists.
+    /// Resuming waits for a keyframe, so viewers never see a broken frame.
+    pub fn set_muted(&mut self, publication: PublicationId, muted: bool) -> bool {
+        let Some(p) = self.publications.get_mut(&publication) else {
+            return false;
+        };
+        if p.muted && !muted {
+            // Forwarders restart at the next keyframe of their target.
+            for sub in &mut p.subscriptions {
+                let target = sub.forwarder.target();
+                sub.forwarder.set_target(None);
+                sub.forwarder.set_target(target);
+            }
+        }
+        p.muted = muted;
+        true
+    }
+
+    /// What the admin API shows of a publication at `now`.
+    pub fn publication_info(
+        &self,
+        publication: PublicationId,
+        now: Instant,
+    ) -> Option<PublicationInfo> {
+        let p = self.publications.get(&publication)?;
+        Some(PublicationInfo {
+            kind: p.kind,
+            muted: p.muted,
+            subscribers: p.subscriptions.len(),
+            layers: p.layers.info(now),
+        })
+    }
+
     /// Number of live publications.
     pub fn publication_count(&self) -> usize {
         self.publications.len()
@@ -216,6 +266,7 @@ impl Router {
             kind,
             layers,
             best_layer: None,
+            muted: false,
             layers_checked: None,
             throttles,
             subscriptions: Vec::new(),
@@ -368,8 +419,11 @@ impl Router {
         let recheck = p
             .layers_checked
             .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_RECHECK);
-        if p.layers.on_packet(layer, now) || recheck {
+        if p.layers.on_packet(layer, meta.size, now) || recheck {
             p.update_best_layer(publication, now);
+        }
+        if p.muted {
+            return;
         }
         let source = SourceKey { publication, layer };
         let mut waiting = false;
@@ -488,6 +542,7 @@ mod tests {
             seq,
             ts,
             marker: true,
+            size: 100,
             keyframe,
             vp8: None,
             arrival,
@@ -602,6 +657,33 @@ mod tests {
         // Unknown subscribers are ignored.
         r.on_keyframe_request(SessionId(999), VIDEO, t0 + ms(2000));
         assert!(keyframe_requests(&mut r).is_empty());
+    }
+
+    #[test]
+    fn muted_publications_forward_nothing_and_resume_at_a_keyframe() {
+        let t0 = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
+        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 1);
+        let mut out = Vec::new();
+        r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(r.set_muted(a, true));
+        r.on_packet(a, 0, &meta(2, 0, false, t0), &mut out);
+        r.on_packet(a, 0, &meta(3, 0, true, t0), &mut out);
+        assert_eq!(out.len(), 1, "nothing while muted");
+        assert!(r.publication_info(a, t0).unwrap().muted);
+        assert!(r.set_muted(a, false));
+        r.on_packet(a, 0, &meta(4, 0, false, t0), &mut out);
+        assert_eq!(out.len(), 1, "not before a keyframe");
+        r.on_packet(a, 0, &meta(5, 0, true, t0), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[1].rewritten.seq,
+            out[0].rewritten.seq + 1,
+            "no gap for the viewer"
+        );
+        assert!(!r.set_muted(PublicationId(99), true));
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use sluice_session::{NegotiateError, Role};
+
+use crate::admin::RoomInfo;
 use tokio::sync::{mpsc, oneshot};
 
 /// Settings of the media server.
@@ -166,6 +168,25 @@ pub(crate) enum Command {
         frag: String,
         reply: oneshot::Sender<Result<Patched, ControlError>>,
     },
+    Rooms {
+        room: Option<String>,
+        reply: oneshot::Sender<Vec<RoomInfo>>,
+    },
+    CloseRoom {
+        room: String,
+        reply: oneshot::Sender<Result<usize, ControlError>>,
+    },
+    RemoveSession {
+        room: String,
+        resource: String,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    MuteTrack {
+        room: String,
+        track: u64,
+        muted: bool,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
     Shutdown,
 }
 
@@ -230,6 +251,58 @@ impl ControlHandle {
             caller,
             if_match: if_match.map(str::to_owned),
             frag: frag.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// Every room, or just `room`.
+    pub async fn rooms(&self, room: Option<&str>) -> Result<Vec<RoomInfo>, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Rooms {
+            room: room.map(str::to_owned),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)
+    }
+
+    /// End every session of `room`; returns how many there were.
+    pub async fn close_room(&self, room: &str) -> Result<usize, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CloseRoom {
+            room: room.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// End one session of `room` (remove a participant).
+    pub async fn remove_session(&self, room: &str, resource: &str) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::RemoveSession {
+            room: room.to_owned(),
+            resource: resource.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// Stop or resume forwarding one track of `room`.
+    pub async fn mute_track(
+        &self,
+        room: &str,
+        track: u64,
+        muted: bool,
+    ) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::MuteTrack {
+            room: room.to_owned(),
+            track,
+            muted,
             reply,
         })
         .await?;

@@ -7,6 +7,7 @@
 //! drain `Session::poll` → `Router::on_packet` → `Session::write_rtp` on each
 //! viewer → drain each viewer → `send_to`.
 
+pub mod admin;
 mod control;
 pub mod metrics;
 mod shard;

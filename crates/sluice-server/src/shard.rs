@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::admin::{LayerInfo, RoomInfo, SessionInfo, TrackInfo};
 use crate::control::{Caller, Command, ControlError, Created, Limits, Patched, ServerConfig};
 use crate::metrics::{Metrics, Tally};
 
@@ -333,6 +334,7 @@ impl Shard {
             seq: *packet.seq_no,
             ts: packet.header.timestamp,
             marker: packet.header.marker,
+            size: packet.payload.len(),
             keyframe: rtp.codec.is_keyframe(&packet.payload),
             vp8: rtp.vp8.and_then(|d| {
                 Some(Vp8Ids {
@@ -415,8 +417,126 @@ impl Shard {
                 let _ = reply.send(result);
                 self.process_events(Instant::now());
             }
+            Command::Rooms { room, reply } => {
+                let _ = reply.send(self.rooms(room.as_deref()));
+            }
+            Command::CloseRoom { room, reply } => {
+                let ids = self.sessions_in(&room);
+                let result = if ids.is_empty() {
+                    Err(ControlError::NotFound)
+                } else {
+                    for id in &ids {
+                        self.close(*id, CloseReason::Ended);
+                    }
+                    info!(room = %room, sessions = ids.len(), "room closed by admin");
+                    Ok(ids.len())
+                };
+                let _ = reply.send(result);
+            }
+            Command::RemoveSession {
+                room,
+                resource,
+                reply,
+            } => {
+                let result = match self.by_resource.get(&resource).copied() {
+                    Some(id) if self.sessions.get(&id).is_some_and(|e| *e.room == *room) => {
+                        self.close(id, CloseReason::Ended);
+                        info!(session = id.0, room = %room, "participant removed by admin");
+                        Ok(())
+                    }
+                    _ => Err(ControlError::NotFound),
+                };
+                let _ = reply.send(result);
+            }
+            Command::MuteTrack {
+                room,
+                track,
+                muted,
+                reply,
+            } => {
+                let publication = PublicationId(track);
+                let in_room = self
+                    .router
+                    .publisher_of(publication)
+                    .and_then(|s| self.sessions.get(&s))
+                    .is_some_and(|e| *e.room == *room);
+                let result = if in_room && self.router.set_muted(publication, muted) {
+                    info!(room = %room, track, muted, "track mute changed by admin");
+                    Ok(())
+                } else {
+                    Err(ControlError::NotFound)
+                };
+                let _ = reply.send(result);
+            }
             Command::Shutdown => {}
         }
+    }
+
+    /// Sessions of `room`, oldest first.
+    fn sessions_in(&self, room: &str) -> Vec<SessionId> {
+        let mut ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| &*e.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The admin view of every room, or of one.
+    fn rooms(&self, only: Option<&str>) -> Vec<RoomInfo> {
+        let now = Instant::now();
+        let mut names: Vec<&Arc<str>> = self.per_room.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter(|name| only.is_none_or(|o| ***name == *o))
+            .map(|name| RoomInfo {
+                name: name.to_string(),
+                sessions: self
+                    .sessions_in(name)
+                    .into_iter()
+                    .filter_map(|id| self.session_info(id, now))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn session_info(&self, id: SessionId, now: Instant) -> Option<SessionInfo> {
+        let e = self.sessions.get(&id)?;
+        let tracks = e
+            .publications
+            .iter()
+            .filter_map(|(_, p)| {
+                let info = self.router.publication_info(*p, now)?;
+                Some(TrackInfo {
+                    id: p.0,
+                    kind: match info.kind {
+                        MediaKind::Audio => "audio",
+                        MediaKind::Video => "video",
+                    },
+                    muted: info.muted,
+                    subscribers: info.subscribers,
+                    layers: info
+                        .layers
+                        .into_iter()
+                        .map(|l| LayerInfo {
+                            rid: l.rid,
+                            active: l.active,
+                            bitrate_kbps: l.bitrate_bps / 1000,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Some(SessionInfo {
+            id: e.resource.clone(),
+            role: role_label(e.session.role()),
+            identity: e.identity.clone(),
+            connected: e.joining_since.is_none(),
+            tracks,
+        })
     }
 
     /// The session behind `resource`, if `caller` may act on it: its

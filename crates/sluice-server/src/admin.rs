@@ -1,0 +1,53 @@
+//! What the admin API sees of rooms, sessions and tracks.
+
+use serde::Serialize;
+
+/// One room.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomInfo {
+    /// Its name.
+    pub name: String,
+    /// Its sessions (participants), oldest first.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// One session (a participant's peer connection).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// The resource id (as in `/resource/{id}`).
+    pub id: String,
+    /// `publisher` or `viewer`.
+    pub role: &'static str,
+    /// The token identity, when authentication is on.
+    pub identity: Option<String>,
+    /// Whether ICE and DTLS are up.
+    pub connected: bool,
+    /// Tracks it publishes.
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// One published track.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrackInfo {
+    /// Track id, for `/api/rooms/{room}/tracks/{id}`.
+    pub id: u64,
+    /// `audio` or `video`.
+    pub kind: &'static str,
+    /// Muted by an operator.
+    pub muted: bool,
+    /// Viewers following it.
+    pub subscribers: usize,
+    /// Its layers (one without simulcast).
+    pub layers: Vec<LayerInfo>,
+}
+
+/// One layer of a track.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerInfo {
+    /// The simulcast rid, if any.
+    pub rid: Option<String>,
+    /// Whether packets arrived in the last 1.5 s.
+    pub active: bool,
+    /// Payload bitrate over the last second, kbit/s.
+    pub bitrate_kbps: u64,
+}
