@@ -263,6 +263,14 @@ mod tests {
     }
 
     #[test]
+    fn the_container_config_is_valid_and_needs_keys() {
+        let text = include_str!("../../../deploy/sluice.container.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert!(c.http.listen.ip().is_unspecified());
+        assert!(c.check_exposure(false).is_err(), "no keys, no start");
+    }
+
+    #[test]
     fn auth_keys_come_from_toml_and_the_env_form() {
         let mut c = Config::from_toml("[auth.keys]\nk1 = \"s1\"\n").unwrap();
         c.auth.add_keys("k2:s2, k3:s3:with:colons").unwrap();
