@@ -163,6 +163,8 @@ pub struct Router {
     subscriptions: HashMap<(SessionId, TrackId), (Arc<str>, Location)>,
     next_publication: u64,
     events: VecDeque<RouterEvent>,
+    /// Simulcast layer switches since the last [`Router::take_layer_switches`].
+    layer_switches: u64,
 }
 
 fn kind_index(kind: MediaKind) -> usize {
@@ -182,6 +184,7 @@ impl Router {
             subscriptions: HashMap::new(),
             next_publication: 1,
             events: VecDeque::new(),
+            layer_switches: 0,
         }
     }
 
@@ -221,6 +224,12 @@ impl Router {
             subscribers: p.subscriptions.len(),
             layers: p.layers.info(now),
         })
+    }
+
+    /// Simulcast layer switches (a subscription moving to another layer of
+    /// the same publication) since the last call.
+    pub fn take_layer_switches(&mut self) -> u64 {
+        std::mem::take(&mut self.layer_switches)
     }
 
     /// Number of live publications.
@@ -428,7 +437,11 @@ impl Router {
         let source = SourceKey { publication, layer };
         let mut waiting = false;
         for sub in &mut p.subscriptions {
+            let before = sub.forwarder.current();
             if let Some(rewritten) = sub.forwarder.on_packet(source, meta) {
+                if before.is_some_and(|b| b.publication == publication && b.layer != layer) {
+                    self.layer_switches += 1;
+                }
                 out.push(Forward {
                     session: sub.session,
                     track: sub.track,
@@ -707,6 +720,8 @@ mod tests {
         r.on_packet(a, 1, &meta(3, 0, false, t0 + ms(20)), &mut out);
         r.on_packet(a, 2, &meta(51, 0, true, t0 + ms(30)), &mut out);
         r.on_packet(a, 1, &meta(4, 0, false, t0 + ms(30)), &mut out);
+        assert_eq!(r.take_layer_switches(), 2, "q to h, then h to f");
+        assert_eq!(r.take_layer_switches(), 0);
         let seqs: Vec<u64> = out.iter().map(|f| f.rewritten.seq).collect();
         assert_eq!(seqs.len(), 3);
         assert_eq!(seqs[1], seqs[0] + 1);

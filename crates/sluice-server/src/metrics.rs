@@ -31,6 +31,8 @@ pub struct Metrics {
     pub packets_forwarded: IntCounter,
     /// RTP payload bytes forwarded to viewers.
     pub bytes_forwarded: IntCounter,
+    /// Subscriptions moved to another simulcast layer.
+    pub layer_switches: IntCounter,
     /// Keyframe requests, by direction (`from_viewers`, `to_publishers`).
     pub keyframe_requests: IntCounterVec,
     /// Seconds from a session's POST to ICE and DTLS being up.
@@ -130,6 +132,10 @@ impl Metrics {
             bytes_forwarded: counter(
                 "bytes_forwarded_total",
                 "RTP payload bytes forwarded to viewers",
+            ),
+            layer_switches: counter(
+                "layer_switches_total",
+                "Subscriptions moved to another simulcast layer of the same track",
             ),
             keyframe_requests: counter_vec(
                 "keyframe_requests_total",

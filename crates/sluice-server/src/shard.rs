@@ -138,6 +138,9 @@ impl Shard {
                     self.tally.flush(&self.metrics);
                     self.metrics.rooms.set(self.per_room.len() as i64);
                     self.metrics
+                        .layer_switches
+                        .inc_by(self.router.take_layer_switches());
+                    self.metrics
                         .publications
                         .set(self.router.publication_count() as i64);
                 }
