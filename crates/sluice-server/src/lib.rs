@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod control;
+pub mod events;
 pub mod metrics;
 mod shard;
 
@@ -27,15 +28,19 @@ use tokio::task::JoinHandle;
 /// Returns the handle the control plane talks through and the shard task,
 /// which ends when every [`ControlHandle`] clone is dropped or
 /// [`ControlHandle::shutdown`] is called.
+///
+/// Lifecycle events go to `events` when given (for webhooks).
 pub fn start(
     config: ServerConfig,
     socket: UdpSocket,
     metrics: Metrics,
+    events: Option<mpsc::Sender<events::Event>>,
 ) -> std::io::Result<(ControlHandle, JoinHandle<()>)> {
     let local: SocketAddr = socket.local_addr()?;
     let candidate = config.candidate_address(local)?;
     let (tx, rx) = mpsc::channel(1024);
-    let shard = shard::Shard::new(config, socket, local, candidate, metrics);
+    let sink = events::EventSink::new(events);
+    let shard = shard::Shard::new(config, socket, local, candidate, metrics, sink);
     let task = tokio::spawn(shard.run(rx));
     Ok((ControlHandle::new(tx), task))
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub layer_switches: IntCounter,
     /// Keyframe requests, by direction (`from_viewers`, `to_publishers`).
     pub keyframe_requests: IntCounterVec,
+    /// Lifecycle events dropped because the webhook sender was behind.
+    pub events_dropped: IntCounter,
+    /// Webhook deliveries by outcome (`delivered`, `failed`).
+    pub webhooks: IntCounterVec,
     /// Seconds from a session's POST to ICE and DTLS being up.
     pub join_seconds: Histogram,
     /// HTTP requests by route, method and status.
@@ -141,6 +145,15 @@ impl Metrics {
                 "keyframe_requests_total",
                 "Keyframe requests (PLI/FIR) from viewers and sent to publishers",
                 &["direction"],
+            ),
+            events_dropped: counter(
+                "events_dropped_total",
+                "Lifecycle events dropped because the webhook sender was behind",
+            ),
+            webhooks: counter_vec(
+                "webhooks_total",
+                "Webhook deliveries by outcome (delivered, failed after every retry)",
+                &["outcome"],
             ),
             join_seconds,
             http_requests: counter_vec(

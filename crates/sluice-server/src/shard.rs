@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::{LayerInfo, RoomInfo, SessionInfo, TrackInfo};
 use crate::control::{Caller, Command, ControlError, Created, Limits, Patched, ServerConfig};
+use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
 
 /// Largest datagram read from the socket.
@@ -74,6 +75,7 @@ pub(crate) struct Shard {
     /// Live sessions per room and per client address, for the limits.
     per_room: HashMap<Arc<str>, usize>,
     per_address: HashMap<IpAddr, usize>,
+    events_out: EventSink,
 }
 
 impl Shard {
@@ -83,6 +85,7 @@ impl Shard {
         local: SocketAddr,
         candidate: SocketAddr,
         metrics: Metrics,
+        events_out: EventSink,
     ) -> Self {
         let limits = config.limits.clone();
         Shard {
@@ -108,6 +111,7 @@ impl Shard {
             limits,
             per_room: HashMap::new(),
             per_address: HashMap::new(),
+            events_out,
         }
     }
 
@@ -304,6 +308,13 @@ impl Shard {
                         layers = rids.len(),
                         "track published"
                     );
+                    let event = track_event(
+                        EventKind::TrackPublished,
+                        entry,
+                        publication,
+                        media_kind(kind),
+                    );
+                    self.emit(event);
                 }
             }
             SessionEvent::KeyframeRequest { mid } => {
@@ -515,10 +526,7 @@ impl Shard {
                 let info = self.router.publication_info(*p, now)?;
                 Some(TrackInfo {
                     id: p.0,
-                    kind: match info.kind {
-                        MediaKind::Audio => "audio",
-                        MediaKind::Video => "video",
-                    },
+                    kind: kind_label(info.kind),
                     muted: info.muted,
                     subscribers: info.subscribers,
                     layers: info
@@ -628,7 +636,11 @@ impl Shard {
             .per_room
             .get_key_value(room)
             .map_or_else(|| Arc::from(room), |(k, _)| k.clone());
-        *self.per_room.entry(room.clone()).or_default() += 1;
+        let room_sessions = self.per_room.entry(room.clone()).or_default();
+        *room_sessions += 1;
+        if *room_sessions == 1 {
+            self.emit(Event::room(EventKind::RoomStarted, &room));
+        }
         *self.per_address.entry(client).or_default() += 1;
         let mut tracks = Vec::new();
         if role == Role::Viewer {
@@ -682,6 +694,9 @@ impl Shard {
                 joining_since: Some(now),
             },
         );
+        if let Some(entry) = self.sessions.get(&id) {
+            self.emit(participant_event(EventKind::ParticipantJoined, entry));
+        }
         self.drive(id);
         Ok(Created {
             resource,
@@ -743,6 +758,13 @@ impl Shard {
             return;
         };
         for (_, publication) in &entry.publications {
+            if self.events_out.enabled()
+                && let Some(info) = self.router.publication_info(*publication, Instant::now())
+            {
+                let event =
+                    track_event(EventKind::TrackUnpublished, &entry, *publication, info.kind);
+                self.emit(event);
+            }
             self.router.unpublish(*publication);
         }
         self.metrics
@@ -756,6 +778,10 @@ impl Shard {
             self.by_addr.remove(addr);
         }
         decrement(&mut self.per_room, &entry.room);
+        self.emit(participant_event(EventKind::ParticipantLeft, &entry));
+        if !self.per_room.contains_key(&entry.room) {
+            self.emit(Event::room(EventKind::RoomFinished, &entry.room));
+        }
         decrement(&mut self.per_address, &entry.client);
         self.by_ufrag.remove(&entry.ufrag);
         self.by_resource.remove(&entry.resource);
@@ -772,6 +798,48 @@ impl Shard {
                 warn!(session = id.0, room = %entry.room, identity, reason = why, "session lost");
             }
         }
+    }
+}
+
+impl Shard {
+    /// Hand a lifecycle event to the webhook sender, never waiting.
+    fn emit(&self, event: Event) {
+        if !self.events_out.send(event) {
+            self.metrics.events_dropped.inc();
+        }
+    }
+}
+
+/// A participant event about `entry`.
+fn participant_event(kind: EventKind, entry: &Entry) -> Event {
+    Event {
+        session: Some(entry.resource.clone()),
+        role: Some(role_label(entry.session.role())),
+        identity: entry.identity.clone(),
+        ..Event::room(kind, &entry.room)
+    }
+}
+
+/// A track event about `publication` of `entry`.
+fn track_event(
+    kind: EventKind,
+    entry: &Entry,
+    publication: PublicationId,
+    media: MediaKind,
+) -> Event {
+    Event {
+        role: None,
+        track: Some(publication.0),
+        kind: Some(kind_label(media)),
+        ..participant_event(kind, entry)
+    }
+}
+
+/// The `kind` value of a track.
+fn kind_label(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
     }
 }
 

@@ -24,6 +24,62 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Capacity and rate limits.
     pub limits: LimitsConfig,
+    /// Lifecycle webhooks.
+    pub webhooks: WebhookConfig,
+}
+
+/// `[webhooks]` section.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (`http://` only). None: no webhooks.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key for the `Sluice-Signature` header.
+    pub secret: String,
+    /// Attempts per event before it is given up.
+    pub max_attempts: u32,
+    /// Timeout of one attempt, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: None,
+            secret: String::new(),
+            max_attempts: 5,
+            timeout_ms: 3000,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookConfig {
+    /// A URL needs a secret, and must be plain `http://` (no TLS client is
+    /// built in: point it at a local relay for `https` endpoints).
+    pub fn check(&self) -> Result<(), String> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        if !url.starts_with("http://") {
+            return Err(format!(
+                "webhooks.url must start with http:// (got {url:?})"
+            ));
+        }
+        if self.secret.is_empty() {
+            return Err("webhooks.url is set but webhooks.secret is empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[limits]` section.
@@ -208,6 +264,7 @@ impl Config {
     /// Refuse to expose an unauthenticated server: without keys the HTTP
     /// server must listen on loopback, unless `insecure`.
     pub fn check_exposure(&self, insecure: bool) -> Result<(), String> {
+        self.webhooks.check()?;
         let exposed = !self.http.listen.ip().is_loopback();
         if self.auth.keys.is_empty() && exposed && !insecure {
             return Err(format!(

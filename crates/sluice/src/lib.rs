@@ -3,6 +3,7 @@
 //! tests start it in-process on port 0.
 
 pub mod config;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
-    let (control, shard) = sluice_server::start(config.server_config(), socket, metrics.clone())?;
+    let (events, webhooks) = match webhook::spawn(&config.webhooks, metrics.clone()) {
+        Some((tx, task)) => (Some(tx), Some(task)),
+        None => (None, None),
+    };
+    let (control, shard) =
+        sluice_server::start(config.server_config(), socket, metrics.clone(), events)?;
     let app = sluice_http::app(AppState {
         control: control.clone(),
         auth: config.auth(),
@@ -82,6 +88,11 @@ pub async fn serve(
     }
     control.shutdown().await;
     let _ = tokio::time::timeout(FINAL_WAIT, shard).await;
+    if let Some(webhooks) = webhooks {
+        // The shard's end of the queue is gone: the sender finishes what is
+        // queued (the final participant_left and room_finished events).
+        let _ = tokio::time::timeout(FINAL_WAIT, webhooks).await;
+    }
     http_done.notify_one();
     if let Ok(Ok(result)) = tokio::time::timeout(FINAL_WAIT, http).await {
         result?;
