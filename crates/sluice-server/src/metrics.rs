@@ -31,6 +31,9 @@ pub struct Metrics {
     pub packets_forwarded: IntCounter,
     /// RTP payload bytes forwarded to viewers.
     pub bytes_forwarded: IntCounter,
+    /// NACKs, by direction (`from_viewers`: viewers lost packets we sent;
+    /// `to_publishers`: we lost packets a publisher sent).
+    pub nacks: IntCounterVec,
     /// Subscriptions moved to another simulcast layer.
     pub layer_switches: IntCounter,
     /// Keyframe requests, by direction (`from_viewers`, `to_publishers`).
@@ -136,6 +139,11 @@ impl Metrics {
             bytes_forwarded: counter(
                 "bytes_forwarded_total",
                 "RTP payload bytes forwarded to viewers",
+            ),
+            nacks: counter_vec(
+                "nacks_total",
+                "NACKs received from viewers and sent to publishers",
+                &["direction"],
             ),
             layer_switches: counter(
                 "layer_switches_total",

@@ -329,6 +329,11 @@ impl Shard {
                         .on_keyframe_request(id, TrackId(track as u32), now);
                 }
             }
+            SessionEvent::Nacks { received, sent } => {
+                let nacks = &self.metrics.nacks;
+                nacks.with_label_values(&["from_viewers"]).inc_by(received);
+                nacks.with_label_values(&["to_publishers"]).inc_by(sent);
+            }
             SessionEvent::Closed(reason) => self.remove(id, reason),
         }
     }

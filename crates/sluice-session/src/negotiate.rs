@@ -56,6 +56,8 @@ pub(crate) fn new_rtc(config: &SessionConfig, now: Instant) -> Result<Rtc, Negot
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
+        // Once a second: NACK counts for the metrics.
+        .set_stats_interval(Some(Duration::from_secs(1)))
         .build(now);
     for addr in &config.candidates {
         let candidate = Candidate::host(*addr, "udp")

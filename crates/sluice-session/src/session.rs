@@ -75,6 +75,14 @@ pub enum SessionEvent {
         /// The media section of the outgoing track.
         mid: Mid,
     },
+    /// NACKs since the last report: received from the peer (it lost
+    /// packets we sent) and sent to it (we lost packets it sent).
+    Nacks {
+        /// NACKs the peer sent us.
+        received: u64,
+        /// NACKs we sent the peer.
+        sent: u64,
+    },
     /// The session is over; nothing more comes out of it.
     Closed(CloseReason),
 }
@@ -111,6 +119,8 @@ pub struct Session {
     /// Incoming SSRC to (track index, layer) cache.
     ssrcs: Vec<(Ssrc, usize, u8)>,
     pending: VecDeque<SessionEvent>,
+    /// Last cumulative NACK count per (mid, rid, egress) stream.
+    nacks_seen: Vec<(Mid, Option<Rid>, bool, u64)>,
     consent_timeout: Duration,
     last_receive: Instant,
     closed: Option<CloseReason>,
@@ -148,6 +158,7 @@ impl Session {
             tracks: Vec::new(),
             ssrcs: Vec::new(),
             pending: VecDeque::new(),
+            nacks_seen: Vec::new(),
             consent_timeout: config.consent_timeout,
             last_receive: now,
             closed: None,
@@ -375,7 +386,34 @@ impl Session {
             }
             Event::RtpPacket(packet) => self.on_rtp(packet),
             Event::KeyframeRequest(req) => Some(SessionEvent::KeyframeRequest { mid: req.mid }),
+            Event::MediaEgressStats(s) => {
+                let received = self.nack_delta(s.mid, s.rid, true, s.nacks);
+                (received > 0).then_some(SessionEvent::Nacks { received, sent: 0 })
+            }
+            Event::MediaIngressStats(s) => {
+                let sent = self.nack_delta(s.mid, s.rid, false, s.nacks);
+                (sent > 0).then_some(SessionEvent::Nacks { received: 0, sent })
+            }
             _ => None,
+        }
+    }
+
+    /// The growth of a stream's cumulative NACK count since last time.
+    fn nack_delta(&mut self, mid: Mid, rid: Option<Rid>, egress: bool, total: u64) -> u64 {
+        match self
+            .nacks_seen
+            .iter_mut()
+            .find(|(m, r, e, _)| *m == mid && *r == rid && *e == egress)
+        {
+            Some(seen) => {
+                let delta = total.saturating_sub(seen.3);
+                seen.3 = total;
+                delta
+            }
+            None => {
+                self.nacks_seen.push((mid, rid, egress, total));
+                total
+            }
         }
     }
 

@@ -359,6 +359,22 @@ async fn lost_video_is_repaired_on_both_legs() {
             p.payload[VP8_PREFIX..]
         );
     }
+    // The NACKs on both legs show in the metrics (stats come once a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for direction in ["from_viewers", "to_publishers"] {
+        let series = format!("sluice_nacks_total{{direction=\"{direction}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0.0);
+        assert!(count >= 5.0, "{series}= {count}");
+    }
     assert_eq!(viewer.delete().await.unwrap(), 200);
     assert_eq!(publisher.delete().await.unwrap(), 200);
     server.stop().await;
