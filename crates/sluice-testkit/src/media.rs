@@ -2,6 +2,9 @@
 //! descriptors and keyframe headers, H.264 single NAL unit packets with IDR
 //! and non-IDR slices, and Opus-sized audio packets.
 
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
 /// Length of the VP8 payload descriptor this generator writes (X, I, 15-bit
 /// picture id). Bytes after it are never rewritten by an SFU.
 pub const VP8_DESCRIPTOR_LEN: usize = 4;
@@ -41,6 +44,30 @@ impl VideoCodec {
     }
 }
 
+/// Bytes at the end of every payload that carry its send time.
+pub const STAMP_LEN: usize = 8;
+
+/// The instant all stamps count from (shared by every peer of a process,
+/// so a receiver can subtract a sender's stamp).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Write `now` into the last [`STAMP_LEN`] bytes of `payload`.
+fn stamp(payload: &mut [u8], now: Instant) {
+    let micros = now.saturating_duration_since(epoch()).as_micros() as u64;
+    let n = payload.len();
+    payload[n - STAMP_LEN..].copy_from_slice(&micros.to_be_bytes());
+}
+
+/// When a payload made by [`SyntheticMedia`] in this process was sent.
+pub fn sent_at(payload: &[u8]) -> Option<Instant> {
+    let tail = payload.get(payload.len().checked_sub(STAMP_LEN)?..)?;
+    let micros = u64::from_be_bytes(tail.try_into().ok()?);
+    Some(epoch() + Duration::from_micros(micros))
+}
+
 /// Packets of one video frame.
 pub const PACKETS_PER_FRAME: usize = 3;
 
@@ -70,9 +97,10 @@ impl SyntheticMedia {
         self.force_keyframe = true;
     }
 
-    /// The packets of the next video frame: `(payload, marker)` and whether
-    /// it is a keyframe. The RTP timestamp is `frame * 3000` (30 fps).
-    pub fn next_video_frame(&mut self) -> (Vec<(Vec<u8>, bool)>, bool, u32) {
+    /// The packets of the next video frame, stamped with `now`:
+    /// `(payload, marker)` and whether it is a keyframe. The RTP timestamp
+    /// is `frame * 3000` (30 fps).
+    pub fn next_video_frame(&mut self, now: Instant) -> (Vec<(Vec<u8>, bool)>, bool, u32) {
         let frame = self.frame;
         self.frame += 1;
         let keyframe = self.force_keyframe || frame.is_multiple_of(Self::KEYFRAME_EVERY);
@@ -114,19 +142,22 @@ impl SyntheticMedia {
                 p.extend(frame.to_be_bytes());
                 p.push(i as u8);
                 p.resize(300, (frame as u8) ^ (i as u8));
+                stamp(&mut p, now);
                 (p, i + 1 == PACKETS_PER_FRAME)
             })
             .collect();
         (packets, keyframe, frame.wrapping_mul(3000))
     }
 
-    /// The next 20 ms audio packet and its RTP timestamp (48 kHz).
-    pub fn next_audio(&mut self) -> (Vec<u8>, u32) {
+    /// The next 20 ms audio packet, stamped with `now`, and its RTP
+    /// timestamp (48 kHz).
+    pub fn next_audio(&mut self, now: Instant) -> (Vec<u8>, u32) {
         let n = self.audio;
         self.audio += 1;
         let mut p = vec![0xfc];
         p.extend(n.to_be_bytes());
         p.resize(80, n as u8);
+        stamp(&mut p, now);
         (p, n.wrapping_mul(960))
     }
 }
@@ -146,13 +177,13 @@ mod tests {
     #[test]
     fn h264_frames_are_idr_or_non_idr_slices() {
         let mut m = SyntheticMedia::new(VideoCodec::H264);
-        let (packets, key, _) = m.next_video_frame();
+        let (packets, key, _) = m.next_video_frame(Instant::now());
         assert!(
             key && packets
                 .iter()
                 .all(|(p, _)| VideoCodec::H264.starts_keyframe(p))
         );
-        let (packets, key, _) = m.next_video_frame();
+        let (packets, key, _) = m.next_video_frame(Instant::now());
         assert!(!key && !VideoCodec::H264.starts_keyframe(&packets[0].0));
         assert_eq!(packets[0].0[0], 0x41);
     }
@@ -161,10 +192,10 @@ mod tests {
     fn vp9_and_av1_keyframes_start_at_the_first_packet() {
         for codec in [VideoCodec::Vp9, VideoCodec::Av1] {
             let mut m = SyntheticMedia::new(codec);
-            let (packets, key, _) = m.next_video_frame();
+            let (packets, key, _) = m.next_video_frame(Instant::now());
             assert!(key && codec.starts_keyframe(&packets[0].0), "{codec:?}");
             assert!(!codec.starts_keyframe(&packets[1].0), "{codec:?}");
-            let (packets, _, _) = m.next_video_frame();
+            let (packets, _, _) = m.next_video_frame(Instant::now());
             assert!(!codec.starts_keyframe(&packets[0].0), "{codec:?}");
         }
     }
@@ -172,7 +203,7 @@ mod tests {
     #[test]
     fn keyframes_are_periodic_and_on_request() {
         let mut m = SyntheticMedia::default();
-        let (packets, key, ts) = m.next_video_frame();
+        let (packets, key, ts) = m.next_video_frame(Instant::now());
         assert!(key && ts == 0);
         assert!(vp8_starts_keyframe(&packets[0].0));
         assert!(
@@ -180,9 +211,22 @@ mod tests {
             "only the first packet starts it"
         );
         assert!(packets[2].1 && !packets[0].1, "marker on the last packet");
-        let (packets, key, ts) = m.next_video_frame();
+        let (packets, key, ts) = m.next_video_frame(Instant::now());
         assert!(!key && ts == 3000 && !vp8_starts_keyframe(&packets[0].0));
         m.request_keyframe();
-        assert!(m.next_video_frame().1);
+        assert!(m.next_video_frame(Instant::now()).1);
+    }
+
+    #[test]
+    fn payloads_carry_their_send_time() {
+        let mut m = SyntheticMedia::default();
+        let t = Instant::now() + Duration::from_millis(1234);
+        let (packets, _, _) = m.next_video_frame(t);
+        let (audio, _) = m.next_audio(t);
+        for p in packets.iter().map(|(p, _)| p).chain([&audio]) {
+            let sent = sent_at(p).unwrap();
+            assert!(sent.max(t) - sent.min(t) < Duration::from_micros(2));
+        }
+        assert!(sent_at(&[1, 2]).is_none());
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::media::{SyntheticMedia, VideoCodec};
+use crate::media::{SyntheticMedia, VideoCodec, sent_at};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
 /// Audio or video, for recorded packets.
@@ -56,6 +56,9 @@ pub struct PeerOptions {
     pub token: Option<String>,
     /// The only video codec the peer offers (and sends, when publishing).
     pub video: VideoCodec,
+    /// Keep every packet sent and received (tests comparing bytes), or
+    /// only count them (load tests).
+    pub keep_packets: bool,
     /// Talk to the server through a relay that drops packets.
     pub loss: Option<Loss>,
 }
@@ -69,6 +72,7 @@ impl PeerOptions {
             publish,
             token: None,
             video: VideoCodec::Vp8,
+            keep_packets: true,
             loss: None,
         }
     }
@@ -97,15 +101,55 @@ impl std::fmt::Display for PeerError {
 
 impl std::error::Error for PeerError {}
 
+/// Counts of one received stream, kept even when packets are not.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamStats {
+    /// Packets received.
+    pub packets: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Lowest and highest sequence number seen.
+    pub seq_range: Option<(u64, u64)>,
+}
+
+impl StreamStats {
+    /// Packets missing between the lowest and highest sequence number.
+    pub fn lost(&self) -> u64 {
+        self.seq_range
+            .map_or(0, |(lo, hi)| (hi - lo + 1).saturating_sub(self.packets))
+    }
+
+    fn record(&mut self, seq: u64, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+        self.seq_range = Some(match self.seq_range {
+            None => (seq, seq),
+            Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
+        });
+    }
+}
+
 /// What the peer's task shares with the test.
 #[derive(Debug, Default)]
 pub struct PeerState {
     /// ICE and DTLS are up.
     pub connected: bool,
-    /// Packets sent (publisher).
+    /// Packets sent (publisher; only with [`PeerOptions::keep_packets`]).
     pub sent: Vec<Packet>,
-    /// Packets received (viewer).
+    /// Packets received (viewer; only with [`PeerOptions::keep_packets`]).
     pub received: Vec<Packet>,
+    /// Packets sent, counted always.
+    pub sent_count: u64,
+    /// Received audio and video, counted always: `[audio, video]`.
+    pub rx: [StreamStats; 2],
+    /// Send-to-receive delay of every received packet, in microseconds.
+    pub latencies_us: Vec<u32>,
+    /// When the WHIP/WHEP POST was sent.
+    pub post_at: Option<Instant>,
+    /// When the first media packet arrived.
+    pub first_packet_at: Option<Instant>,
+    /// When the first video keyframe packet arrived.
+    pub first_keyframe_at: Option<Instant>,
     /// Keyframe requests received from the server (publisher).
     pub keyframe_requests: u32,
     /// HTTP status of each ICE restart PATCH, in order.
@@ -168,6 +212,7 @@ impl Peer {
         let (offer, pending) = change.apply().ok_or(PeerError::Local("no offer".into()))?;
         let endpoint = if options.publish { "whip" } else { "whep" };
         let url = format!("{}/{}/{}", options.url, endpoint, options.room);
+        let post_at = Instant::now();
         let (answer, location) =
             post_offer(&url, &offer.to_sdp_string(), options.token.as_deref()).await?;
         let resource = absolute(&options.url, &location);
@@ -187,7 +232,10 @@ impl Peer {
             resource: resource.clone(),
             answer,
         };
-        let state = Arc::new(Mutex::new(PeerState::default()));
+        let state = Arc::new(Mutex::new(PeerState {
+            post_at: Some(post_at),
+            ..PeerState::default()
+        }));
         let (commands, rx) = watch::channel(PeerCommand::Run);
         let driver = Driver {
             http,
@@ -206,6 +254,8 @@ impl Peer {
             },
             media: SyntheticMedia::new(options.video),
             seqs: [0; 2],
+            keep_packets: options.keep_packets,
+            video_codec: options.video,
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
@@ -340,6 +390,8 @@ struct Driver {
     media: SyntheticMedia,
     /// Last sequence number written per kind: `[audio, video]`.
     seqs: [u64; 2],
+    keep_packets: bool,
+    video_codec: VideoCodec,
 }
 
 impl Driver {
@@ -441,13 +493,27 @@ impl Driver {
                 } else {
                     Kind::Audio
                 };
-                self.state.lock().received.push(Packet {
-                    kind,
-                    seq: *p.seq_no,
-                    ts: p.header.timestamp,
-                    payload: p.payload.clone(),
-                    at: p.timestamp,
-                });
+                let mut state = self.state.lock();
+                state.rx[usize::from(kind == Kind::Video)].record(*p.seq_no, p.payload.len());
+                if let Some(sent) = sent_at(&p.payload) {
+                    let delay = p.timestamp.saturating_duration_since(sent);
+                    state
+                        .latencies_us
+                        .push(delay.as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+                state.first_packet_at.get_or_insert(p.timestamp);
+                if kind == Kind::Video && self.video_codec.starts_keyframe(&p.payload) {
+                    state.first_keyframe_at.get_or_insert(p.timestamp);
+                }
+                if self.keep_packets {
+                    state.received.push(Packet {
+                        kind,
+                        seq: *p.seq_no,
+                        ts: p.header.timestamp,
+                        payload: p.payload.clone(),
+                        at: p.timestamp,
+                    });
+                }
             }
             _ => {}
         }
@@ -464,7 +530,7 @@ impl Driver {
         let Some(pt) = self.payload_type(self.codec) else {
             return;
         };
-        let (packets, _, ts) = self.media.next_video_frame();
+        let (packets, _, ts) = self.media.next_video_frame(now);
         for (payload, marker) in packets {
             let payload: Arc<[u8]> = payload.into();
             let seq = self.write(self.video, pt, ts, marker, payload.clone(), now);
@@ -481,7 +547,7 @@ impl Driver {
         let Some(pt) = self.payload_type(Codec::Opus) else {
             return;
         };
-        let (payload, ts) = self.media.next_audio();
+        let (payload, ts) = self.media.next_audio(now);
         let payload: Arc<[u8]> = payload.into();
         if let Some(seq) = self.write(self.audio, pt, ts, false, payload.clone(), now) {
             self.record_sent(Kind::Audio, seq, ts, payload, now);
@@ -490,13 +556,17 @@ impl Driver {
     }
 
     fn record_sent(&self, kind: Kind, seq: u64, ts: u32, payload: Arc<[u8]>, at: Instant) {
-        self.state.lock().sent.push(Packet {
-            kind,
-            seq,
-            ts,
-            payload,
-            at,
-        });
+        let mut state = self.state.lock();
+        state.sent_count += 1;
+        if self.keep_packets {
+            state.sent.push(Packet {
+                kind,
+                seq,
+                ts,
+                payload,
+                at,
+            });
+        }
     }
 
     /// Write one RTP packet; returns its sequence number.

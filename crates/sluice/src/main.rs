@@ -99,10 +99,12 @@ fn token(args: TokenArgs) -> Result<(), String> {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Every other setting (consent timeout, keyframe interval, [auth] leeway, \
+#[command(
+    after_help = "Every other setting (consent timeout, keyframe interval, [auth] leeway, \
 [limits], [shutdown] drain timeout, [webhooks], log filter) is read from the --config file; \
 config/sluice.toml lists them all with their defaults. Precedence: flags, then SLUICE_* \
-environment variables, then the file, then the built-in defaults.")]
+environment variables, then the file, then the built-in defaults."
+)]
 struct ServeArgs {
     /// TOML configuration file (see config/sluice.toml).
     #[arg(long, env = "SLUICE_CONFIG")]

@@ -1,0 +1,82 @@
+//! The server's CPU time and memory, read from `/proc`.
+
+use std::time::Instant;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// A reading of a process's CPU time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    ticks: u64,
+    at: Instant,
+}
+
+/// CPU time (user + system) of `pid` now.
+pub fn cpu(pid: u32) -> Option<CpuSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name in parentheses: utime and stime are the
+    // 12th and 13th of them.
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(CpuSample {
+        ticks,
+        at: Instant::now(),
+    })
+}
+
+/// CPU use between two samples, percent of one core.
+pub fn cpu_pct(start: CpuSample, end: CpuSample) -> f64 {
+    let seconds = end.at.saturating_duration_since(start.at).as_secs_f64();
+    if seconds <= 0.0 {
+        return 0.0;
+    }
+    (end.ticks.saturating_sub(start.ticks)) as f64 / TICKS_PER_SECOND / seconds * 100.0
+}
+
+/// Resident memory of `pid`, MiB.
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The pid of the one process named `sluice` on this machine, if exactly one.
+pub fn find_sluice() -> Option<u32> {
+    let mut found = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sluice")
+        });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_process() {
+        let me = std::process::id();
+        let a = cpu(me).unwrap();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        let b = cpu(me).unwrap();
+        assert!(cpu_pct(a, b) >= 0.0);
+        assert!(rss_mb(me).unwrap() > 1.0);
+        assert!(cpu(u32::MAX).is_none());
+    }
+}

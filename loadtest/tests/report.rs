@@ -1,0 +1,82 @@
+//! The load tester against an in-process server: everyone connects, nothing
+//! is lost on loopback, and the JSON report says so.
+
+use std::process::Command;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_reports_everyone_connected_and_no_loss() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = mpsc::channel(2);
+    let config = sluice::Config::default();
+    let server =
+        tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
+
+    let json = std::env::temp_dir().join(format!("sluice-loadtest-{}.json", std::process::id()));
+    let run = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_sluice-loadtest"))
+                .args([
+                    "--url",
+                    &url,
+                    "--room",
+                    "lt",
+                    "--publishers",
+                    "1",
+                    "--subscribers",
+                    "3",
+                ])
+                .args([
+                    "--duration",
+                    "3s",
+                    "--server-pid",
+                    &std::process::id().to_string(),
+                ])
+                .arg("--json")
+                .arg(&json)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(summary.contains("latency"), "{summary}");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(report["publishers"], 1);
+    assert_eq!(report["subscribers"], 3);
+    assert_eq!(report["connected"], 4, "{report}");
+    assert_eq!(report["loss_pct"], 0.0, "{report}");
+    assert!(
+        report["packets_received"].as_u64().unwrap() >= 3 * 3 * 100,
+        "{report}"
+    );
+    let latency = &report["latency_ms"];
+    assert!(latency["p50"].as_f64().unwrap() > 0.0 && latency["p99"].as_f64().unwrap() < 1000.0);
+    assert!(report["join_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["recv_kbps_per_subscriber"].as_f64().unwrap() > 100.0,
+        "{report}"
+    );
+    assert!(
+        report["server"]["rss_mb"].as_f64().unwrap() > 1.0,
+        "{report}"
+    );
+
+    let _ = stop.send(()).await;
+    let _ = stop.send(()).await;
+    let _ = server.await;
+}
