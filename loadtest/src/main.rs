@@ -4,7 +4,8 @@
 //! Each peer is a real str0m WebRTC client with its own UDP socket and
 //! task, sending VP8 and Opus-sized packets that carry their send time, so
 //! subscribers measure loss, latency and join time. Multiplexing many peers
-//! over few sockets and simulcast publishers are still to come.
+//! over few sockets, per-viewer layer choice (`--layer`) and the capacity
+//! search are still to come.
 
 mod report;
 mod server;
@@ -41,6 +42,10 @@ struct Args {
     /// Measurement window after everyone joined: seconds, or with s or m.
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]
     duration: u64,
+    /// Publishers send video as three simulcast layers (q/h/f, about
+    /// 150/600/2000 kbit/s); viewers get the highest active one.
+    #[arg(long)]
+    simulcast: bool,
     /// Peers started per second (all at once without it).
     #[arg(long)]
     ramp: Option<f64>,
@@ -121,6 +126,7 @@ async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>, usize), Strin
             let options = PeerOptions {
                 token: args.token(&room, format!("load-{r}-{i}"))?,
                 keep_packets: false,
+                simulcast: args.simulcast,
                 ..PeerOptions::new(&args.url, &room, publish)
             };
             match Peer::start(options).await {

@@ -68,26 +68,97 @@ pub fn sent_at(payload: &[u8]) -> Option<Instant> {
     Some(epoch() + Duration::from_micros(micros))
 }
 
-/// Packets of one video frame.
-pub const PACKETS_PER_FRAME: usize = 3;
+/// Shape of the video one generator makes: a single stream, or one
+/// simulcast layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoShape {
+    /// Packets per frame.
+    pub packets_per_frame: usize,
+    /// Bytes per packet.
+    pub packet_size: usize,
+    /// Frames from one keyframe to the next (30 is one second).
+    pub keyframe_every: u32,
+    /// Written after the frame number, so a receiver knows which layer a
+    /// packet came from.
+    pub tag: u8,
+}
+
+impl Default for VideoShape {
+    /// 3 packets of 300 bytes at 30 fps (about 216 kbit/s), a keyframe a second.
+    fn default() -> Self {
+        VideoShape {
+            packets_per_frame: 3,
+            packet_size: 300,
+            keyframe_every: 30,
+            tag: 0,
+        }
+    }
+}
+
+/// The three simulcast layers a synthetic publisher sends: rid and shape
+/// (about 150, 600 and 2000 kbit/s at 30 fps, a keyframe every 3 s).
+pub const SIMULCAST: [(&str, VideoShape); 3] = [
+    (
+        "q",
+        VideoShape {
+            packets_per_frame: 1,
+            packet_size: 620,
+            keyframe_every: 90,
+            tag: 1,
+        },
+    ),
+    (
+        "h",
+        VideoShape {
+            packets_per_frame: 3,
+            packet_size: 830,
+            keyframe_every: 90,
+            tag: 2,
+        },
+    ),
+    (
+        "f",
+        VideoShape {
+            packets_per_frame: 8,
+            packet_size: 1040,
+            keyframe_every: 90,
+            tag: 3,
+        },
+    ),
+];
+
+/// Where the layer tag sits in a video payload: after the codec header and
+/// the frame number (VP8 keyframe starts carry one more header byte).
+pub fn layer_tag(codec: VideoCodec, payload: &[u8]) -> Option<u8> {
+    let header = match codec {
+        VideoCodec::Vp8 if payload.first().is_some_and(|b| b & 0x10 != 0) => VP8_DESCRIPTOR_LEN + 1,
+        VideoCodec::Vp8 => VP8_DESCRIPTOR_LEN,
+        VideoCodec::H264 | VideoCodec::Vp9 | VideoCodec::Av1 => 1,
+    };
+    payload.get(header + 4 + 1).copied()
+}
 
 /// Generator of numbered media frames.
 #[derive(Debug, Default)]
 pub struct SyntheticMedia {
     codec: VideoCodec,
+    shape: VideoShape,
     frame: u32,
     audio: u32,
     force_keyframe: bool,
 }
 
 impl SyntheticMedia {
-    /// Frames between periodic keyframes (one second at 30 fps).
-    pub const KEYFRAME_EVERY: u32 = 30;
-
     /// A generator of `codec` video (and Opus-like audio).
     pub fn new(codec: VideoCodec) -> Self {
+        Self::shaped(codec, VideoShape::default())
+    }
+
+    /// A generator of `codec` video in `shape`.
+    pub fn shaped(codec: VideoCodec, shape: VideoShape) -> Self {
         SyntheticMedia {
             codec,
+            shape,
             ..Default::default()
         }
     }
@@ -103,13 +174,15 @@ impl SyntheticMedia {
     pub fn next_video_frame(&mut self, now: Instant) -> (Vec<(Vec<u8>, bool)>, bool, u32) {
         let frame = self.frame;
         self.frame += 1;
-        let keyframe = self.force_keyframe || frame.is_multiple_of(Self::KEYFRAME_EVERY);
+        let shape = self.shape;
+        let keyframe = self.force_keyframe || frame.is_multiple_of(shape.keyframe_every);
         self.force_keyframe = false;
         let picture_id = (frame & 0x7fff) as u16;
-        let packets = (0..PACKETS_PER_FRAME)
+        let last = shape.packets_per_frame - 1;
+        let packets = (0..shape.packets_per_frame)
             .map(|i| {
                 let start = i == 0;
-                let mut p = Vec::with_capacity(300);
+                let mut p = Vec::with_capacity(shape.packet_size);
                 match self.codec {
                     VideoCodec::Vp8 => {
                         p.push(if start { 0x90 } else { 0x80 }); // X=1, S=start, PID=0
@@ -130,7 +203,7 @@ impl SyntheticMedia {
                         if start {
                             d |= 0x08;
                         }
-                        if i + 1 == PACKETS_PER_FRAME {
+                        if i == last {
                             d |= 0x04;
                         }
                         p.push(d);
@@ -141,9 +214,10 @@ impl SyntheticMedia {
                 }
                 p.extend(frame.to_be_bytes());
                 p.push(i as u8);
-                p.resize(300, (frame as u8) ^ (i as u8));
+                p.push(shape.tag);
+                p.resize(shape.packet_size, (frame as u8) ^ (i as u8));
                 stamp(&mut p, now);
-                (p, i + 1 == PACKETS_PER_FRAME)
+                (p, i == last)
             })
             .collect();
         (packets, keyframe, frame.wrapping_mul(3000))
@@ -215,6 +289,21 @@ mod tests {
         assert!(!key && ts == 3000 && !vp8_starts_keyframe(&packets[0].0));
         m.request_keyframe();
         assert!(m.next_video_frame(Instant::now()).1);
+    }
+
+    #[test]
+    fn simulcast_layers_are_tagged_and_sized() {
+        for (_, shape) in SIMULCAST {
+            let mut m = SyntheticMedia::shaped(VideoCodec::Vp8, shape);
+            for _ in 0..2 {
+                let (packets, _, _) = m.next_video_frame(Instant::now());
+                assert_eq!(packets.len(), shape.packets_per_frame);
+                for (p, _) in &packets {
+                    assert_eq!(p.len(), shape.packet_size);
+                    assert_eq!(layer_tag(VideoCodec::Vp8, p), Some(shape.tag));
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use parking_lot::Mutex;
 pub use str0m::IceConnectionState;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -16,7 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::media::{SyntheticMedia, VideoCodec, sent_at};
+use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, sent_at};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
 /// Audio or video, for recorded packets.
@@ -59,6 +61,9 @@ pub struct PeerOptions {
     /// Keep every packet sent and received (tests comparing bytes), or
     /// only count them (load tests).
     pub keep_packets: bool,
+    /// Publish video as three simulcast layers (q, h, f; see
+    /// [`crate::media::SIMULCAST`]).
+    pub simulcast: bool,
     /// Talk to the server through a relay that drops packets.
     pub loss: Option<Loss>,
 }
@@ -73,6 +78,7 @@ impl PeerOptions {
             token: None,
             video: VideoCodec::Vp8,
             keep_packets: true,
+            simulcast: false,
             loss: None,
         }
     }
@@ -208,7 +214,14 @@ impl Peer {
         };
         let mut change = rtc.sdp_api();
         let audio = change.add_media(MediaKind::Audio, dir, Some("test".into()), None, None);
-        let video = change.add_media(MediaKind::Video, dir, Some("test".into()), None, None);
+        let simulcast = (options.publish && options.simulcast).then(|| {
+            let mut s = Simulcast::new();
+            for (rid, _) in SIMULCAST {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
+        let video = change.add_media(MediaKind::Video, dir, Some("test".into()), None, simulcast);
         let (offer, pending) = change.apply().ok_or(PeerError::Local("no offer".into()))?;
         let endpoint = if options.publish { "whip" } else { "whep" };
         let url = format!("{}/{}/{}", options.url, endpoint, options.room);
@@ -252,8 +265,24 @@ impl Peer {
                 VideoCodec::Vp9 => Codec::Vp9,
                 VideoCodec::Av1 => Codec::Av1,
             },
-            media: SyntheticMedia::new(options.video),
-            seqs: [0; 2],
+            audio_media: SyntheticMedia::default(),
+            audio_seq: 0,
+            layers: if options.simulcast {
+                SIMULCAST
+                    .iter()
+                    .map(|(rid, shape)| VideoLayer {
+                        rid: Some((*rid).into()),
+                        media: SyntheticMedia::shaped(options.video, *shape),
+                        seq: 0,
+                    })
+                    .collect()
+            } else {
+                vec![VideoLayer {
+                    rid: None,
+                    media: SyntheticMedia::new(options.video),
+                    seq: 0,
+                }]
+            },
             keep_packets: options.keep_packets,
             video_codec: options.video,
         };
@@ -369,6 +398,14 @@ fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), P
         .map_err(|e| PeerError::Local(e.to_string()))
 }
 
+/// One outgoing video stream (a simulcast layer, or the only one).
+struct VideoLayer {
+    rid: Option<Rid>,
+    media: SyntheticMedia,
+    /// Last sequence number written.
+    seq: u64,
+}
+
 /// What the peer needs to talk to its session resource again.
 struct Http {
     resource: String,
@@ -387,9 +424,11 @@ struct Driver {
     video: Mid,
     publish: bool,
     codec: Codec,
-    media: SyntheticMedia,
-    /// Last sequence number written per kind: `[audio, video]`.
-    seqs: [u64; 2],
+    audio_media: SyntheticMedia,
+    /// Last audio sequence number written.
+    audio_seq: u64,
+    /// The video streams sent: one, or one per simulcast layer.
+    layers: Vec<VideoLayer>,
     keep_packets: bool,
     video_codec: VideoCodec,
 }
@@ -478,8 +517,12 @@ impl Driver {
         match event {
             Event::Connected => self.state.lock().connected = true,
             Event::IceConnectionStateChange(state) => self.state.lock().ice_states.push(state),
-            Event::KeyframeRequest(_) => {
-                self.media.request_keyframe();
+            Event::KeyframeRequest(req) => {
+                for layer in &mut self.layers {
+                    if req.rid.is_none() || layer.rid == req.rid {
+                        layer.media.request_keyframe();
+                    }
+                }
                 self.state.lock().keyframe_requests += 1;
             }
             Event::RtpPacket(p) => {
@@ -530,15 +573,23 @@ impl Driver {
         let Some(pt) = self.payload_type(self.codec) else {
             return;
         };
-        let (packets, _, ts) = self.media.next_video_frame(now);
-        for (payload, marker) in packets {
-            let payload: Arc<[u8]> = payload.into();
-            let seq = self.write(self.video, pt, ts, marker, payload.clone(), now);
-            if let Some(seq) = seq {
-                self.record_sent(Kind::Video, seq, ts, payload, now);
-            }
-            if self.drain().await.is_none() {
-                return;
+        for index in 0..self.layers.len() {
+            let (packets, _, ts) = self.layers[index].media.next_video_frame(now);
+            for (payload, marker) in packets {
+                let payload: Arc<[u8]> = payload.into();
+                let layer = &mut self.layers[index];
+                layer.seq += 1;
+                let (rid, seq) = (layer.rid, layer.seq);
+                let write = RtpWrite::new(pt, seq.into(), ts, now, payload.clone())
+                    .marker(marker)
+                    .nackable(true);
+                if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.video, rid) {
+                    stream.write_rtp(write);
+                    self.record_sent(Kind::Video, seq, ts, payload, now);
+                }
+                if self.drain().await.is_none() {
+                    return;
+                }
             }
         }
     }
@@ -547,9 +598,13 @@ impl Driver {
         let Some(pt) = self.payload_type(Codec::Opus) else {
             return;
         };
-        let (payload, ts) = self.media.next_audio(now);
+        let (payload, ts) = self.audio_media.next_audio(now);
         let payload: Arc<[u8]> = payload.into();
-        if let Some(seq) = self.write(self.audio, pt, ts, false, payload.clone(), now) {
+        self.audio_seq += 1;
+        let seq = self.audio_seq;
+        let write = RtpWrite::new(pt, seq.into(), ts, now, payload.clone());
+        if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.audio, None) {
+            stream.write_rtp(write);
             self.record_sent(Kind::Audio, seq, ts, payload, now);
         }
         let _ = self.drain().await;
@@ -567,34 +622,6 @@ impl Driver {
                 at,
             });
         }
-    }
-
-    /// Write one RTP packet; returns its sequence number.
-    fn write(
-        &mut self,
-        mid: Mid,
-        pt: Pt,
-        ts: u32,
-        marker: bool,
-        payload: Arc<[u8]>,
-        now: Instant,
-    ) -> Option<u64> {
-        let kind = if mid == self.video {
-            Kind::Video
-        } else {
-            Kind::Audio
-        };
-        let counter = &mut self.seqs[usize::from(kind == Kind::Video)];
-        *counter += 1;
-        let seq = *counter;
-        let mut api = self.rtc.direct_api();
-        let stream = api.stream_tx_by_mid(mid, None)?;
-        stream.write_rtp(
-            RtpWrite::new(pt, seq.into(), ts, now, payload)
-                .marker(marker)
-                .nackable(kind == Kind::Video),
-        );
-        Some(seq)
     }
 
     /// Restart ICE: new local credentials go to the server in a PATCH, its

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use sluice_testkit::media::vp8_starts_keyframe;
+use sluice_testkit::media::{layer_tag, vp8_starts_keyframe};
 use sluice_testkit::peer::{IceConnectionState, PeerError, PeerState};
 use sluice_testkit::{Kind, Loss, Packet, Peer, PeerOptions, VideoCodec};
 
@@ -111,6 +111,53 @@ async fn viewer_receives_exactly_what_the_publisher_sends() {
         "PLI forwarded upstream"
     );
 
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    assert_eq!(publisher.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_viewers_get_the_top_layer_without_gaps() {
+    let server = TestServer::start().await;
+    let publisher = Peer::start(PeerOptions {
+        simulcast: true,
+        ..options(&server.url, "layers", true)
+    })
+    .await
+    .unwrap();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await
+    );
+    let viewer = Peer::start(options(&server.url, "layers", false))
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 400)
+            .await
+    );
+    let video = of_kind(&viewer.with_state(|s| s.received.clone()), Kind::Video);
+    // One continuous stream, whichever layers it was made of.
+    for pair in video.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "no gap across layer switches");
+    }
+    // It settles on the full layer (f, tag 3): the last 100 packets are f's.
+    let tags: Vec<Option<u8>> = video[video.len() - 100..]
+        .iter()
+        .map(|p| layer_tag(VideoCodec::Vp8, &p.payload))
+        .collect();
+    assert!(tags.iter().all(|t| *t == Some(3)), "layers: {tags:?}");
+    // The publisher sent all three layers.
+    let sent_tags: std::collections::BTreeSet<Option<u8>> = publisher.with_state(|s| {
+        s.sent
+            .iter()
+            .filter(|p| p.kind == Kind::Video)
+            .map(|p| layer_tag(VideoCodec::Vp8, &p.payload))
+            .collect()
+    });
+    assert_eq!(sent_tags.len(), 3);
     assert_eq!(viewer.delete().await.unwrap(), 200);
     assert_eq!(publisher.delete().await.unwrap(), 200);
     server.stop().await;
