@@ -2,8 +2,9 @@
 //! against a running Sluice, with a summary table and a JSON report.
 //!
 //! Each peer is a real str0m WebRTC client with its own UDP socket and
-//! task, sending VP8 and Opus-sized packets that carry their send time, so
-//! subscribers measure loss, latency and join time. Multiplexing many peers
+//! task, sending VP8 and Opus-sized packets that carry their send time.
+//! A few probe subscribers per room decrypt everything and measure latency;
+//! the rest count packets and losses from the clear RTP headers. Multiplexing many peers
 //! over few sockets, per-viewer layer choice (`--layer`) and the capacity
 //! search are still to come.
 
@@ -42,6 +43,11 @@ struct Args {
     /// Measurement window after everyone joined: seconds, or with s or m.
     #[arg(long, default_value = "10s", value_parser = parse_seconds)]
     duration: u64,
+    /// Subscribers per room that decrypt everything and measure latency and
+    /// keyframe join time; the others count packets from the clear RTP
+    /// headers only, which costs the tester far less CPU.
+    #[arg(long, default_value_t = 2)]
+    probes: usize,
     /// Publishers send video as three simulcast layers (q/h/f, about
     /// 150/600/2000 kbit/s); viewers get the highest active one.
     #[arg(long)]
@@ -127,6 +133,7 @@ async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>, usize), Strin
                 token: args.token(&room, format!("load-{r}-{i}"))?,
                 keep_packets: false,
                 simulcast: args.simulcast,
+                count_only: !publish && i - args.publishers >= args.probes,
                 ..PeerOptions::new(&args.url, &room, publish)
             };
             match Peer::start(options).await {

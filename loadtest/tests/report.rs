@@ -32,6 +32,8 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
                     "--subscribers",
                     "3",
                 ])
+                // One probe decrypts; two count from the RTP headers.
+                .args(["--probes", "1"])
                 .args([
                     "--duration",
                     "3s",

@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::counting::{SeqExtender, rtp_header, ssrcs_by_kind};
 use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, sent_at};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
@@ -61,6 +62,9 @@ pub struct PeerOptions {
     /// Keep every packet sent and received (tests comparing bytes), or
     /// only count them (load tests).
     pub keep_packets: bool,
+    /// Count received media from the clear RTP headers without decrypting
+    /// it (cheap load-test subscribers: no payloads, no latency).
+    pub count_only: bool,
     /// Publish video as three simulcast layers (q, h, f; see
     /// [`crate::media::SIMULCAST`]).
     pub simulcast: bool,
@@ -79,6 +83,7 @@ impl PeerOptions {
             video: VideoCodec::Vp8,
             keep_packets: true,
             simulcast: false,
+            count_only: false,
             loss: None,
         }
     }
@@ -241,6 +246,12 @@ impl Peer {
             }
         };
         accept(&mut rtc, pending, &answer)?;
+        let counting = (options.count_only && !options.publish).then(|| Counting {
+            streams: ssrcs_by_kind(&answer)
+                .into_iter()
+                .map(|(ssrc, video)| (ssrc, video, SeqExtender::default()))
+                .collect(),
+        });
         let http = Http {
             resource: resource.clone(),
             answer,
@@ -285,6 +296,7 @@ impl Peer {
             },
             keep_packets: options.keep_packets,
             video_codec: options.video,
+            counting,
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
@@ -398,6 +410,11 @@ fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), P
         .map_err(|e| PeerError::Local(e.to_string()))
 }
 
+/// The streams a count-only subscriber counts: `(ssrc, is_video, seq)`.
+struct Counting {
+    streams: Vec<(u32, bool, SeqExtender)>,
+}
+
 /// One outgoing video stream (a simulcast layer, or the only one).
 struct VideoLayer {
     rid: Option<Rid>,
@@ -431,6 +448,8 @@ struct Driver {
     layers: Vec<VideoLayer>,
     keep_packets: bool,
     video_codec: VideoCodec,
+    /// Count-only subscribers: the streams to count.
+    counting: Option<Counting>,
 }
 
 impl Driver {
@@ -453,6 +472,9 @@ impl Driver {
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
                     let Ok((n, source)) = received else { continue };
+                    if self.count(&buf[..n]) {
+                        continue;
+                    }
                     let Ok(contents) = buf[..n].try_into() else { continue };
                     let input = Input::Receive(Instant::now(), Receive {
                         proto: Protocol::Udp,
@@ -497,6 +519,26 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Count an RTP datagram of a count-only subscriber instead of handing
+    /// it to str0m. Returns whether it was counted.
+    fn count(&mut self, datagram: &[u8]) -> bool {
+        let Some(counting) = &mut self.counting else {
+            return false;
+        };
+        let Some((ssrc, seq, bytes)) = rtp_header(datagram) else {
+            return false;
+        };
+        // RTX and anything else unknown is swallowed, not counted.
+        if let Some((_, video, ext)) = counting.streams.iter_mut().find(|s| s.0 == ssrc) {
+            let seq = ext.extend(seq);
+            let now = Instant::now();
+            let mut state = self.state.lock();
+            state.rx[usize::from(*video)].record(seq, bytes);
+            state.first_packet_at.get_or_insert(now);
+        }
+        true
     }
 
     /// Poll until timeout, sending datagrams and recording events.
