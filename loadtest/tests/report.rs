@@ -82,3 +82,51 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
     let _ = stop.send(()).await;
     let _ = server.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capacity_search_steps_up_to_its_bound() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = mpsc::channel(2);
+    let config = sluice::Config::default();
+    let server =
+        tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
+
+    let json = std::env::temp_dir().join(format!("sluice-capacity-{}.json", std::process::id()));
+    let run = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_sluice-loadtest"))
+                .args(["--url", &url, "--room", "cap", "--find-capacity"])
+                .args(["--step", "2", "--max-subscribers", "4", "--duration", "1s"])
+                .args(["--server-pid", &std::process::id().to_string()])
+                .arg("--json")
+                .arg(&json)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{report}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["ok"] == true && s["loss_pct"] == 0.0),
+        "{report}"
+    );
+    assert_eq!(report["capacity_subscribers"], 4);
+
+    let _ = stop.send(()).await;
+    let _ = stop.send(()).await;
+    let _ = server.await;
+}
