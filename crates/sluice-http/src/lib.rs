@@ -16,13 +16,14 @@ mod whip;
 
 use axum::Router;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use sluice_server::{ControlHandle, Metrics};
 
 pub use auth::Auth;
 pub use limits::{HttpLimits, RateLimiter};
 pub use ops::Readiness;
 pub use problem::Problem;
+use problem::not_allowed;
 
 /// State shared by all handlers.
 #[derive(Clone)]
@@ -44,40 +45,62 @@ pub struct AppState {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(pages::index))
-        .route("/publish/{room}", get(pages::publish))
-        .route("/watch/{room}", get(pages::watch))
-        .route("/assets/sluice.js", get(pages::script))
-        .route("/assets/sluice.css", get(pages::style))
-        .route("/api/rooms", get(admin::list_rooms))
+        .route("/", get(pages::index).fallback(not_allowed("GET")))
+        .route(
+            "/publish/{room}",
+            get(pages::publish).fallback(not_allowed("GET")),
+        )
+        .route(
+            "/watch/{room}",
+            get(pages::watch).fallback(not_allowed("GET")),
+        )
+        .route(
+            "/assets/sluice.js",
+            get(pages::script).fallback(not_allowed("GET")),
+        )
+        .route(
+            "/assets/sluice.css",
+            get(pages::style).fallback(not_allowed("GET")),
+        )
+        .route(
+            "/api/rooms",
+            get(admin::list_rooms).fallback(not_allowed("GET")),
+        )
         .route(
             "/api/rooms/{room}",
-            get(admin::get_room).delete(admin::close_room),
+            get(admin::get_room)
+                .delete(admin::close_room)
+                .fallback(not_allowed("GET, DELETE")),
         )
         .route(
             "/api/rooms/{room}/participants/{id}",
-            axum::routing::delete(admin::remove_participant),
+            delete(admin::remove_participant).fallback(not_allowed("DELETE")),
         )
         .route(
             "/api/rooms/{room}/tracks/{track}/mute",
-            post(admin::mute_track),
+            post(admin::mute_track).fallback(not_allowed("POST")),
         )
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz).fallback(not_allowed("GET")))
+        .route("/readyz", get(ops::readyz).fallback(not_allowed("GET")))
+        .route("/metrics", get(ops::metrics).fallback(not_allowed("GET")))
         .route(
             "/whip/{room}",
-            post(whip::publish).options(whip::endpoint_options),
+            post(whip::publish)
+                .options(whip::endpoint_options)
+                .fallback(not_allowed("OPTIONS, POST")),
         )
         .route(
             "/whep/{room}",
-            post(whip::watch).options(whip::endpoint_options),
+            post(whip::watch)
+                .options(whip::endpoint_options)
+                .fallback(not_allowed("OPTIONS, POST")),
         )
         .route(
             "/resource/{id}",
-            axum::routing::delete(whip::delete_resource)
+            delete(whip::delete_resource)
                 .patch(whip::patch_resource)
-                .options(whip::resource_options),
+                .options(whip::resource_options)
+                .fallback(not_allowed("OPTIONS, PATCH, DELETE")),
         )
         .fallback(problem::not_found)
         .route_layer(middleware::from_fn_with_state(

@@ -1,6 +1,6 @@
 //! RFC 9457 problem details, the body of every error response.
 
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -73,4 +73,22 @@ impl IntoResponse for Problem {
 /// Fallback for unknown paths.
 pub(crate) async fn not_found(uri: Uri) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, format!("nothing at {}", uri.path()))
+}
+
+/// A handler answering `405` with an `Allow` header and a problem body,
+/// for the methods a route does not take.
+pub(crate) fn not_allowed(
+    allow: &'static str,
+) -> impl Fn(Method) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move |method: Method| {
+        let mut response = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed here; allowed: {allow}"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        std::future::ready(response)
+    }
 }
