@@ -122,6 +122,16 @@ impl Forwarder {
                 return None;
             }
             self.switch_to(source, meta);
+        } else if self.current.is_none()
+            && meta.keyframe
+            && self
+                .target
+                .is_some_and(|t| t.publication == source.publication)
+        {
+            // Showing nothing yet: start on the first keyframe of any layer
+            // of the target's publication, and move to the target at its
+            // own keyframe (a viewer sees a picture sooner).
+            self.switch_to(source, meta);
         }
         if self.current != Some(source) || meta.seq < self.switch_seq {
             return None;
@@ -212,6 +222,28 @@ mod tests {
         assert_eq!(second.ts, first.ts);
         // Packets of other sources are not forwarded.
         assert_eq!(f.on_packet(src(2, 0), &pkt(9, 9, true, t0)), None);
+    }
+
+    #[test]
+    fn a_new_viewer_starts_on_any_layer_then_moves_to_its_target() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000, 9);
+        f.set_target(Some(src(1, 2)));
+        // A keyframe of layer 0 arrives first: shown at once.
+        let a = f.on_packet(src(1, 0), &pkt(40, 0, true, t0)).unwrap();
+        assert_eq!(f.current(), Some(src(1, 0)));
+        assert!(f.needs_keyframe(), "still heading for layer 2");
+        let b = f.on_packet(src(1, 0), &pkt(41, 0, false, t0)).unwrap();
+        assert_eq!(b.seq, a.seq + 1);
+        // Layer 2's keyframe: switch, without a gap.
+        let c = f.on_packet(src(1, 2), &pkt(900, 0, true, t0)).unwrap();
+        assert_eq!(c.seq, b.seq + 1);
+        assert_eq!(f.current(), Some(src(1, 2)));
+        assert_eq!(f.on_packet(src(1, 0), &pkt(42, 0, true, t0)), None, "layer 0 no longer");
+        // Keyframes of another publication never start a viewer.
+        let mut g = Forwarder::new(true, 90_000, 9);
+        g.set_target(Some(src(1, 2)));
+        assert_eq!(g.on_packet(src(2, 0), &pkt(1, 0, true, t0)), None);
     }
 
     #[test]
