@@ -239,7 +239,11 @@ mod tests {
         let c = f.on_packet(src(1, 2), &pkt(900, 0, true, t0)).unwrap();
         assert_eq!(c.seq, b.seq + 1);
         assert_eq!(f.current(), Some(src(1, 2)));
-        assert_eq!(f.on_packet(src(1, 0), &pkt(42, 0, true, t0)), None, "layer 0 no longer");
+        assert_eq!(
+            f.on_packet(src(1, 0), &pkt(42, 0, true, t0)),
+            None,
+            "layer 0 no longer"
+        );
         // Keyframes of another publication never start a viewer.
         let mut g = Forwarder::new(true, 90_000, 9);
         g.set_target(Some(src(1, 2)));

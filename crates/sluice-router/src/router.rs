@@ -105,7 +105,7 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
-            keyframe_interval: Duration::from_millis(500),
+            keyframe_interval: Duration::from_millis(200),
         }
     }
 }
@@ -662,10 +662,19 @@ mod tests {
             r.on_keyframe_request(SessionId(100 + v), VIDEO, t0 + ms(v * 5));
         }
         assert_eq!(keyframe_requests(&mut r).len(), 1);
-        // The merged rest goes out with a packet after the interval.
+        // No keyframe comes: the request is repeated a second later.
         r.on_packet(a, 0, &meta(2, 0, false, t0 + ms(300)), &mut out);
         assert!(keyframe_requests(&mut r).is_empty());
-        r.on_packet(a, 0, &meta(3, 0, false, t0 + ms(600)), &mut out);
+        for v in 0..20 {
+            r.on_keyframe_request(SessionId(100 + v), VIDEO, t0 + ms(1000 + v));
+        }
+        assert_eq!(keyframe_requests(&mut r).len(), 1);
+        // The keyframe answers everyone; a later PLI goes out 200 ms (the
+        // default minimum interval) after the last request.
+        r.on_packet(a, 0, &meta(3, 0, true, t0 + ms(1100)), &mut out);
+        r.on_keyframe_request(SessionId(100), VIDEO, t0 + ms(1150));
+        assert!(keyframe_requests(&mut r).is_empty());
+        r.on_packet(a, 0, &meta(4, 0, false, t0 + ms(1200)), &mut out);
         assert_eq!(keyframe_requests(&mut r).len(), 1);
         // Unknown subscribers are ignored.
         r.on_keyframe_request(SessionId(999), VIDEO, t0 + ms(2000));

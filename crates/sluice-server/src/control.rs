@@ -49,7 +49,7 @@ impl Default for ServerConfig {
         ServerConfig {
             public_ip: None,
             consent_timeout: Duration::from_secs(30),
-            keyframe_interval: Duration::from_millis(500),
+            keyframe_interval: Duration::from_millis(200),
             limits: Limits::default(),
         }
     }

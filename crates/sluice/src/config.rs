@@ -233,7 +233,7 @@ impl Default for MediaConfig {
             udp: SocketAddr::from(([127, 0, 0, 1], 50000)),
             public_ip: None,
             consent_timeout_secs: 30,
-            keyframe_interval_ms: 500,
+            keyframe_interval_ms: 200,
         }
     }
 }
