@@ -1,0 +1,215 @@
+//! Sans-IO robustness: whatever arrives on the media port, a session must
+//! not panic, and garbage must not end it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sluice_session::{Role, Session, SessionConfig, SessionEvent, SessionOutput};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Input, Output, Rtc};
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        candidates: vec!["127.0.0.1:5000".parse().unwrap()],
+        consent_timeout: Duration::from_secs(30),
+    }
+}
+
+const PEER: &str = "127.0.0.1:6000";
+const SERVER: &str = "127.0.0.1:5000";
+
+/// A str0m client with a pending offer: audio and video, sending.
+fn client(now: Instant) -> (Rtc, String, SdpPendingOffer, Mid) {
+    let mut rtc = Rtc::builder().build(now);
+    rtc.add_local_candidate(Candidate::host(PEER.parse().unwrap(), "udp").unwrap());
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().unwrap();
+    (rtc, offer.to_sdp_string(), pending, video)
+}
+
+fn offer() -> String {
+    client(Instant::now()).1
+}
+
+/// A session and a client that completed ICE and DTLS over an in-memory
+/// network, in simulated time. Returns them and the time reached.
+fn connected() -> (Session, Rtc, Mid, Instant) {
+    let mut now = Instant::now();
+    let (mut rtc, offer, pending, video) = client(now);
+    let (mut session, answer) =
+        Session::accept(Role::Publisher, &offer, &config(), &[], now).unwrap();
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    let (peer, server): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
+    let mut connected = false;
+    for _ in 0..2_000 {
+        // Client to server.
+        let client_next = loop {
+            match rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => session.handle_datagram(now, peer, server, &t.contents),
+                Output::Event(_) => {}
+            }
+        };
+        // Server to client.
+        let server_next = loop {
+            match session.poll() {
+                SessionOutput::Timeout(t) => break t,
+                SessionOutput::Transmit(t) => {
+                    let input = Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: server,
+                            destination: peer,
+                            contents: (&t.contents[..]).try_into().unwrap(),
+                        },
+                    );
+                    rtc.handle_input(input).unwrap();
+                }
+                SessionOutput::Event(SessionEvent::Connected) => connected = true,
+                SessionOutput::Event(_) => {}
+            }
+        };
+        if connected {
+            return (session, rtc, video, now);
+        }
+        now = client_next
+            .min(server_next)
+            .max(now + Duration::from_millis(1));
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        session.handle_timeout(now);
+    }
+    panic!("no connection in simulated time");
+}
+
+fn drain(session: &mut Session) {
+    for _ in 0..10_000 {
+        if let SessionOutput::Timeout(_) = session.poll() {
+            return;
+        }
+    }
+    panic!("the session never settled");
+}
+
+/// Datagrams shaped like each protocol on the port (RFC 7983 first-byte
+/// ranges), with random contents and lengths.
+fn hostile(rng: &mut impl Rng) -> Vec<u8> {
+    let len = rng.random_range(0..1500);
+    let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+    if let Some(first) = d.first_mut() {
+        *first = match rng.random_range(0..4) {
+            0 => rng.random_range(0..4),     // STUN
+            1 => rng.random_range(20..64),   // DTLS
+            2 => rng.random_range(128..192), // RTP / RTCP
+            _ => rng.random(),
+        };
+    }
+    if d.len() >= 8 && d[0] < 4 {
+        d[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]); // STUN magic cookie
+    }
+    d
+}
+
+fn fuzz(session: &mut Session, now: Instant, datagrams: u64) {
+    let mut rng = rand::rng();
+    let (peer, local): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
+    for i in 0..datagrams {
+        let datagram = hostile(&mut rng);
+        let at = now + Duration::from_millis(i / 10);
+        session.handle_datagram(at, peer, local, &datagram);
+        drain(session);
+        if i % 100 == 0 {
+            session.handle_timeout(at);
+            drain(session);
+        }
+        assert!(
+            session.is_alive(),
+            "datagram {i} ({} bytes) ended the session",
+            datagram.len()
+        );
+    }
+}
+
+#[test]
+fn garbage_never_panics_or_ends_a_new_session() {
+    let now = Instant::now();
+    let (mut session, _answer) =
+        Session::accept(Role::Publisher, &offer(), &config(), &[], now).unwrap();
+    drain(&mut session);
+    fuzz(&mut session, now, 3_000);
+}
+
+#[test]
+fn garbage_never_panics_or_ends_a_connected_session() {
+    // From the peer's own address, as a spoofing attacker would send it,
+    // once DTLS and SRTP are up.
+    let (mut session, mut client, mid, now) = connected();
+    fuzz(&mut session, now, 3_000);
+
+    // Real media still gets through afterwards.
+    let now = now + Duration::from_secs(1);
+    let writer = client.writer(mid).unwrap();
+    let pt = writer.payload_params().next().unwrap().pt();
+    writer
+        .write(
+            pt,
+            now,
+            MediaTime::from_90khz(90_000),
+            vec![0x10, 0x00, 1, 2, 3],
+        )
+        .unwrap();
+    let (peer, server): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
+    let mut media = 0;
+    let mut t = now;
+    for _ in 0..50 {
+        loop {
+            match client.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(d) => {
+                    session.handle_datagram(t, peer, server, &d.contents);
+                    loop {
+                        match session.poll() {
+                            SessionOutput::Timeout(_) => break,
+                            SessionOutput::Event(SessionEvent::Rtp(_)) => media += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
+        t += Duration::from_millis(10);
+        client.handle_input(Input::Timeout(t)).unwrap();
+    }
+    assert!(media >= 1, "no media after the garbage");
+}
+
+#[test]
+fn malformed_offers_are_refused_without_panicking() {
+    let mut rng = rand::rng();
+    let good = offer();
+    let now = Instant::now();
+    for _ in 0..300 {
+        // Cut the offer anywhere, or flip bytes in it.
+        let mut bytes = good.clone().into_bytes();
+        if rng.random_bool(0.5) {
+            bytes.truncate(rng.random_range(0..bytes.len()));
+        } else {
+            for _ in 0..rng.random_range(1..8) {
+                let i = rng.random_range(0..bytes.len());
+                bytes[i] = rng.random_range(32..127);
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        for role in [Role::Publisher, Role::Viewer] {
+            let _ = Session::accept(role, &text, &config(), &[], now);
+        }
+    }
+}
