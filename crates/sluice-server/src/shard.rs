@@ -178,8 +178,10 @@ impl Shard {
                     return;
                 };
                 let id = *id;
+                let local = self.local;
                 if let Some(entry) = self.sessions.get_mut(&id)
                     && entry.addrs.len() < MAX_ADDRS_PER_SESSION
+                    && entry.session.accepts(now, source, local, datagram)
                 {
                     debug!(session = id.0, peer = %source, "learned peer address");
                     entry.addrs.push(source);

@@ -284,6 +284,31 @@ impl Session {
         self.closed.is_none()
     }
 
+    /// Whether a datagram from an address this session does not know yet
+    /// belongs to it: a STUN request with its credentials and a valid
+    /// MESSAGE-INTEGRITY (so a forged request cannot make the server learn
+    /// an attacker's address).
+    pub fn accepts(
+        &self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        let Ok(contents) = datagram.try_into() else {
+            return false;
+        };
+        self.rtc.accepts(&Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        ))
+    }
+
     /// Feed one datagram that arrived from `source` on local `destination`.
     pub fn handle_datagram(
         &mut self,

@@ -36,6 +36,34 @@ fn offer() -> String {
     client(Instant::now()).1
 }
 
+#[test]
+fn only_authentic_stun_is_accepted_from_new_addresses() {
+    let now = Instant::now();
+    let (mut rtc, offer, pending, _) = client(now);
+    let (session, answer) = Session::accept(Role::Publisher, &offer, &config(), &[], now).unwrap();
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    let stun = loop {
+        match rtc.poll_output().unwrap() {
+            Output::Transmit(t) => break t.contents.to_vec(),
+            Output::Timeout(t) => rtc.handle_input(Input::Timeout(t.max(now))).unwrap(),
+            Output::Event(_) => {}
+        }
+    };
+    let (peer, server): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
+    assert!(
+        session.accepts(now, peer, server, &stun),
+        "the client's own check"
+    );
+    // The same request with one byte of its MESSAGE-INTEGRITY changed.
+    let mut forged = stun.clone();
+    let n = forged.len();
+    forged[n - 10] ^= 0xff;
+    assert!(!session.accepts(now, peer, server, &forged));
+    assert!(!session.accepts(now, peer, server, &[0x80; 40]), "not STUN");
+}
+
 /// A session and a client that completed ICE and DTLS over an in-memory
 /// network, in simulated time. Returns them and the time reached.
 fn connected() -> (Session, Rtc, Mid, Instant) {
