@@ -6,9 +6,10 @@ use std::process::Command;
 use serde_json::Value;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_reports_everyone_connected_and_no_loss() {
+/// An in-process server on loopback: its URL, stop channel and task.
+async fn start_server() -> (String, mpsc::Sender<()>, JoinHandle<std::io::Result<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -16,6 +17,20 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
     let config = sluice::Config::default();
     let server =
         tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
+    (url, stop, server)
+}
+
+/// Stop it at once (two stop signals) and wait.
+async fn stop_server(stop: mpsc::Sender<()>, server: JoinHandle<std::io::Result<()>>) {
+    for _ in 0..2 {
+        let _ = stop.send(()).await;
+    }
+    let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_reports_everyone_connected_and_no_loss() {
+    let (url, stop, server) = start_server().await;
 
     let json = std::env::temp_dir().join(format!("sluice-loadtest-{}.json", std::process::id()));
     let run = tokio::task::spawn_blocking({
@@ -78,20 +93,12 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
         "{report}"
     );
 
-    let _ = stop.send(()).await;
-    let _ = stop.send(()).await;
-    let _ = server.await;
+    stop_server(stop, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_capacity_search_steps_up_to_its_bound() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = mpsc::channel(2);
-    let config = sluice::Config::default();
-    let server =
-        tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
+    let (url, stop, server) = start_server().await;
 
     let json = std::env::temp_dir().join(format!("sluice-capacity-{}.json", std::process::id()));
     let run = tokio::task::spawn_blocking({
@@ -126,7 +133,5 @@ async fn the_capacity_search_steps_up_to_its_bound() {
     );
     assert_eq!(report["capacity_subscribers"], 4);
 
-    let _ = stop.send(()).await;
-    let _ = stop.send(()).await;
-    let _ = server.await;
+    stop_server(stop, server).await;
 }
