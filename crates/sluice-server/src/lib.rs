@@ -11,6 +11,7 @@ pub mod admin;
 mod control;
 pub mod events;
 pub mod metrics;
+mod outbox;
 mod shard;
 
 pub use control::{Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig};

@@ -23,6 +23,7 @@ use crate::admin::{LayerInfo, RoomInfo, SessionInfo, TrackInfo};
 use crate::control::{Caller, Command, ControlError, Created, Limits, Patched, ServerConfig};
 use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
+use crate::outbox::Outbox;
 
 /// Largest datagram read from the socket.
 const MAX_DATAGRAM: usize = 2048;
@@ -68,6 +69,7 @@ pub(crate) struct Shard {
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     events: VecDeque<(SessionId, SessionEvent)>,
     forwards: Vec<Forward>,
+    outbox: Outbox,
     next_id: u64,
     metrics: Metrics,
     tally: Tally,
@@ -105,6 +107,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             forwards: Vec::new(),
+            outbox: Outbox::default(),
             next_id: 1,
             metrics,
             tally: Tally::default(),
@@ -129,7 +132,12 @@ impl Shard {
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
-                        Ok((n, source)) => self.on_datagram(Instant::now(), source, n, &mut buf),
+                        Ok((n, source)) => {
+                            self.on_datagram(Instant::now(), source, n, &mut buf);
+                            // Send what the batch queued for viewers now,
+                            // not after the next turn of the loop.
+                            self.on_timers(Instant::now());
+                        }
                         Err(e) => debug!("udp receive error: {e}"),
                     }
                 }
@@ -149,11 +157,13 @@ impl Shard {
                         .set(self.router.publication_count() as i64);
                 }
             }
+            self.outbox.flush(&self.socket);
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             self.close(id, CloseReason::Ended);
         }
+        self.outbox.flush(&self.socket);
         self.tally.flush(&self.metrics);
         info!("media shard stopped");
     }
@@ -219,28 +229,16 @@ impl Shard {
 
     /// Drain a session's outputs: send its datagrams, queue its events and
     /// schedule its next timeout.
-    ///
-    /// Only an earlier wake-up is pushed onto the heap; a later one waits
-    /// for the scheduled one to fire (an early `handle_timeout` is harmless),
-    /// so the heap holds about one entry per session however many packets
-    /// pass through it.
     fn drive(&mut self, id: SessionId) {
         let Some(entry) = self.sessions.get_mut(&id) else {
             return;
         };
         loop {
             match entry.session.poll() {
-                SessionOutput::Transmit(t) => {
-                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
-                        debug!(session = id.0, "udp send to {} failed: {e}", t.destination);
-                    }
-                }
+                SessionOutput::Transmit(t) => self.outbox.push(&self.socket, t),
                 SessionOutput::Event(e) => self.events.push_back((id, e)),
                 SessionOutput::Timeout(t) => {
-                    if entry.next_timeout.is_none_or(|scheduled| t < scheduled) {
-                        entry.next_timeout = Some(t);
-                        self.timers.push(Reverse((t, id)));
-                    }
+                    schedule(&mut self.timers, entry, id, t);
                     return;
                 }
             }
@@ -392,7 +390,11 @@ impl Shard {
             if written {
                 self.tally.packets_forwarded += 1;
                 self.tally.bytes_forwarded += packet.payload.len() as u64;
-                self.drive(f.session);
+                // A write only queues the packet: str0m sends it on the
+                // next timeout, so wake the viewer now instead of polling
+                // it once per packet. `on_timers` after the receive batch
+                // then sends everything the batch queued, per viewer.
+                schedule(&mut self.timers, viewer, f.session, now);
             }
         }
         self.forwards = forwards;
@@ -872,5 +874,22 @@ fn media_kind(kind: sluice_session::MediaKind) -> MediaKind {
     match kind {
         sluice_session::MediaKind::Audio => MediaKind::Audio,
         sluice_session::MediaKind::Video => MediaKind::Video,
+    }
+}
+
+/// Make sure `entry` wakes up no later than `at`.
+///
+/// Only an earlier wake-up is pushed onto the heap; a later one waits for
+/// the scheduled one to fire (an early `handle_timeout` is harmless), so the
+/// heap holds about one entry per session however many packets pass.
+fn schedule(
+    timers: &mut BinaryHeap<Reverse<(Instant, SessionId)>>,
+    entry: &mut Entry,
+    id: SessionId,
+    at: Instant,
+) {
+    if entry.next_timeout.is_none_or(|scheduled| at < scheduled) {
+        entry.next_timeout = Some(at);
+        timers.push(Reverse((at, id)));
     }
 }

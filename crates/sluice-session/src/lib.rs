@@ -16,5 +16,5 @@ pub use negotiate::{NegotiateError, Role, SessionConfig};
 pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
 pub use str0m::format::PayloadParams;
 pub use str0m::media::{MediaKind, Mid};
-pub use str0m::net::Transmit;
+pub use str0m::net::{Protocol, Transmit};
 pub use trickle::SdpFrag;
