@@ -9,6 +9,7 @@
 //! search are still to come.
 
 mod capacity;
+mod delay;
 mod report;
 mod server;
 
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use report::{Join, Report, ServerUse, Spread, loss_pct};
+use report::{Percentiles, Report, ServerUse, Spread, loss_pct};
 use sluice_http::auth::{Claims, Grants, mint, now_secs};
 use sluice_testkit::peer::PeerState;
 use sluice_testkit::{Peer, PeerOptions};
@@ -191,7 +192,7 @@ fn received_bytes(peers: &[Peer]) -> u64 {
         .sum()
 }
 
-fn join_spread(peers: &[Peer], until: impl Fn(&PeerState) -> Option<Instant>) -> Join {
+fn join_spread(peers: &[Peer], until: impl Fn(&PeerState) -> Option<Instant>) -> Percentiles {
     let mut samples: Vec<f64> = peers
         .iter()
         .filter_map(|p| {
@@ -202,7 +203,7 @@ fn join_spread(peers: &[Peer], until: impl Fn(&PeerState) -> Option<Instant>) ->
         })
         .collect();
     let spread = Spread::of(&mut samples);
-    Join {
+    Percentiles {
         p50: spread.p50,
         p99: spread.p99,
     }
@@ -222,6 +223,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     let pid = args.server_pid.or_else(server::find_sluice);
     let cpu_start = pid.and_then(server::cpu);
+    let delay_start = delay::scrape(&args.url).await;
     let bytes_start = received_bytes(&subscribers);
     let window_start = Instant::now();
     for second in 1..=args.duration {
@@ -239,6 +241,10 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     eprintln!();
     let window = window_start.elapsed().as_secs_f64();
+    let server_delay_ms = match (delay_start, delay::scrape(&args.url).await) {
+        (Some(a), Some(b)) => delay::percentiles(&a, &b),
+        _ => None,
+    };
     let bytes = received_bytes(&subscribers) - bytes_start;
     let server = match (pid, cpu_start, pid.and_then(server::cpu)) {
         (Some(pid), Some(a), Some(b)) => Some(ServerUse {
@@ -281,6 +287,7 @@ async fn run(args: Args) -> Result<bool, String> {
             bytes as f64 * 8.0 / 1000.0 / window / subscribers.len() as f64
         },
         server,
+        server_delay_ms,
     };
     for peer in publishers.into_iter().chain(subscribers) {
         let _ = peer.delete().await;
@@ -322,6 +329,12 @@ fn print_summary(r: &Report) {
             s.cpu_pct, s.rss_mb
         ),
         None => println!("server           unknown (give --server-pid)"),
+    }
+    if let Some(d) = r.server_delay_ms {
+        println!(
+            "server delay     p50 {:.2} ms, p99 {:.2} ms (sluice_forward_delay_seconds)",
+            d.p50, d.p99
+        );
     }
 }
 

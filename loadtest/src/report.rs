@@ -38,9 +38,9 @@ pub struct ServerUse {
     pub rss_mb: f64,
 }
 
-/// Join times: from the POST to the first packet, and to the first keyframe.
+/// Median and 99th percentile of join times or delays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Join {
+pub struct Percentiles {
     /// Median, ms.
     pub p50: f64,
     /// 99th percentile, ms.
@@ -67,13 +67,16 @@ pub struct Report {
     /// Send-to-receive delay, ms.
     pub latency_ms: Spread,
     /// POST to first packet, ms.
-    pub join_ms: Join,
+    pub join_ms: Percentiles,
     /// POST to first video keyframe, ms.
-    pub join_keyframe_ms: Join,
+    pub join_keyframe_ms: Percentiles,
     /// Mean payload bitrate each subscriber received in the window, kbit/s.
     pub recv_kbps_per_subscriber: f64,
     /// The server's CPU and memory, when its pid is known.
     pub server: Option<ServerUse>,
+    /// The server's own forwarding delay in the window (its
+    /// `sluice_forward_delay_seconds` histogram), ms.
+    pub server_delay_ms: Option<Percentiles>,
 }
 
 /// Loss in percent of what was expected.

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Seconds from a session's POST to ICE and DTLS being up.
     pub join_seconds: Histogram,
+    /// Seconds a receive batch spends in the server before its last
+    /// forwarded packet is sent.
+    pub forward_delay_seconds: Histogram,
     /// HTTP requests by route, method and status.
     pub http_requests: IntCounterVec,
     /// Process CPU time (user + system), seconds.
@@ -86,21 +89,20 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(format!("sluice_{name}"), help).buckets(buckets.to_vec()),
+            )
+            .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
         let sessions = IntGaugeVec::new(opts("sessions", "Live sessions by role"), &["role"])
             .expect("valid gauge");
         registry
             .register(Box::new(sessions.clone()))
-            .expect("unique metric");
-        let join_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "sluice_join_seconds",
-                "Seconds from a session's POST until ICE and DTLS are up",
-            )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(join_seconds.clone()))
             .expect("unique metric");
         let cpu = prometheus::Gauge::with_opts(opts(
             "process_cpu_seconds",
@@ -163,7 +165,20 @@ impl Metrics {
                 "Webhook deliveries by outcome (delivered, failed after every retry)",
                 &["outcome"],
             ),
-            join_seconds,
+            join_seconds: histogram(
+                "join_seconds",
+                "Seconds from a session's POST until ICE and DTLS are up",
+                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            forward_delay_seconds: histogram(
+                "forward_delay_seconds",
+                "Seconds from reading the first datagram of a receive batch to handing \
+                 the last packet it forwarded to the kernel (the server's added latency, \
+                 worst packet of the batch)",
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                ],
+            ),
             http_requests: counter_vec(
                 "http_requests_total",
                 "HTTP requests by route, method and status",

@@ -52,6 +52,8 @@ struct Entry {
     tracks: Vec<Mid>,
     /// The earliest wake-up of this session in the timer heap.
     next_timeout: Option<Instant>,
+    /// Whether the session is in the shard's ready list.
+    ready: bool,
     /// When the offer arrived, until the session connects.
     joining_since: Option<Instant>,
 }
@@ -70,6 +72,8 @@ pub(crate) struct Shard {
     events: VecDeque<(SessionId, SessionEvent)>,
     forwards: Vec<Forward>,
     outbox: Outbox,
+    /// Viewers that queued packets during the current receive batch.
+    ready: Vec<SessionId>,
     next_id: u64,
     metrics: Metrics,
     tally: Tally,
@@ -108,6 +112,7 @@ impl Shard {
             events: VecDeque::new(),
             forwards: Vec::new(),
             outbox: Outbox::default(),
+            ready: Vec::new(),
             next_id: 1,
             metrics,
             tally: Tally::default(),
@@ -132,12 +137,7 @@ impl Shard {
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
-                        Ok((n, source)) => {
-                            self.on_datagram(Instant::now(), source, n, &mut buf);
-                            // Send what the batch queued for viewers now,
-                            // not after the next turn of the loop.
-                            self.on_timers(Instant::now());
-                        }
+                        Ok((n, source)) => self.on_receive(source, n, &mut buf),
                         Err(e) => debug!("udp receive error: {e}"),
                     }
                 }
@@ -168,14 +168,35 @@ impl Shard {
         info!("media shard stopped");
     }
 
-    /// Handle one received datagram, then whatever else is already queued.
-    fn on_datagram(&mut self, now: Instant, source: SocketAddr, n: usize, buf: &mut [u8]) {
+    /// Handle one received datagram and whatever else is already queued,
+    /// then send everything the batch made the viewers queue, each viewer
+    /// in one go.
+    fn on_receive(&mut self, source: SocketAddr, n: usize, buf: &mut [u8]) {
+        let now = Instant::now();
+        let forwarded = self.tally.packets_forwarded;
         self.dispatch(now, source, &buf[..n]);
         for _ in 1..RECV_BATCH {
             match self.socket.try_recv_from(buf) {
                 Ok((n, source)) => self.dispatch(now, source, &buf[..n]),
                 Err(_) => break,
             }
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        for id in ready.drain(..) {
+            let Some(entry) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            entry.ready = false;
+            entry.session.handle_timeout(now);
+            self.drive(id);
+        }
+        self.ready = ready; // keeps its capacity
+        self.on_timers(now);
+        self.outbox.flush(&self.socket);
+        if self.tally.packets_forwarded != forwarded {
+            self.metrics
+                .forward_delay_seconds
+                .observe(now.elapsed().as_secs_f64());
         }
     }
 
@@ -390,11 +411,13 @@ impl Shard {
             if written {
                 self.tally.packets_forwarded += 1;
                 self.tally.bytes_forwarded += packet.payload.len() as u64;
-                // A write only queues the packet: str0m sends it on the
-                // next timeout, so wake the viewer now instead of polling
-                // it once per packet. `on_timers` after the receive batch
-                // then sends everything the batch queued, per viewer.
-                schedule(&mut self.timers, viewer, f.session, now);
+                // A write only queues the packet: str0m sends it on its
+                // next timeout. Rather than polling the viewer per packet,
+                // `on_receive` times it out once after the whole batch.
+                if !viewer.ready {
+                    viewer.ready = true;
+                    self.ready.push(f.session);
+                }
             }
         }
         self.forwards = forwards;
@@ -700,6 +723,7 @@ impl Shard {
                 publications: Vec::new(),
                 tracks,
                 next_timeout: None,
+                ready: false,
                 joining_since: Some(now),
             },
         );

@@ -54,8 +54,9 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Write `now` into the last [`STAMP_LEN`] bytes of `payload`.
-fn stamp(payload: &mut [u8], now: Instant) {
+/// Write `now` into the last [`STAMP_LEN`] bytes of `payload` (its send
+/// time, read back with [`sent_at`]).
+pub fn stamp(payload: &mut [u8], now: Instant) {
     let micros = now.saturating_duration_since(epoch()).as_micros() as u64;
     let n = payload.len();
     payload[n - STAMP_LEN..].copy_from_slice(&micros.to_be_bytes());

@@ -1,5 +1,6 @@
 //! A str0m client peer speaking WHIP or WHEP against a real server.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::counting::{SeqExtender, rtp_header, ssrcs_by_kind};
-use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, sent_at};
+use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, sent_at, stamp};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
 /// Audio or video, for recorded packets.
@@ -294,6 +295,9 @@ impl Peer {
                     seq: 0,
                 }]
             },
+            paced: VecDeque::new(),
+            next_paced: Instant::now(),
+            pace_gap: Duration::ZERO,
             keep_packets: options.keep_packets,
             video_codec: options.video,
             counting,
@@ -423,6 +427,21 @@ struct VideoLayer {
     seq: u64,
 }
 
+/// One video packet waiting for its paced send time.
+struct PacedPacket {
+    layer: usize,
+    payload: Vec<u8>,
+    marker: bool,
+    ts: u32,
+}
+
+/// Time between video frames (30 fps).
+const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+/// Share of the frame interval a frame's packets are spread over. Like a
+/// browser's pacer (libwebrtc sends at 2.5 times the target bitrate), the
+/// packets of one frame go out evenly spaced rather than in one burst.
+const PACING_SHARE: f64 = 0.4;
+
 /// What the peer needs to talk to its session resource again.
 struct Http {
     resource: String,
@@ -446,6 +465,11 @@ struct Driver {
     audio_seq: u64,
     /// The video streams sent: one, or one per simulcast layer.
     layers: Vec<VideoLayer>,
+    /// Video packets of the current frame not sent yet, in order.
+    paced: VecDeque<PacedPacket>,
+    /// When the next paced packet is due, and the gap after it.
+    next_paced: Instant,
+    pace_gap: Duration,
     keep_packets: bool,
     video_codec: VideoCodec,
     /// Count-only subscribers: the streams to count.
@@ -464,7 +488,12 @@ impl Driver {
             };
             let connected = self.state.lock().connected;
             let media_due = if self.publish && connected {
-                next_video.min(next_audio)
+                let paced = if self.paced.is_empty() {
+                    next_video
+                } else {
+                    self.next_paced
+                };
+                next_video.min(next_audio).min(paced)
             } else {
                 timeout
             };
@@ -508,9 +537,10 @@ impl Driver {
                     }
                     if self.publish && self.state.lock().connected {
                         if now >= next_video {
-                            self.send_video_frame(now).await;
-                            next_video += Duration::from_millis(33);
+                            self.queue_video_frame(now);
+                            next_video += FRAME_INTERVAL;
                         }
+                        self.send_paced(now).await;
                         if now >= next_audio {
                             self.send_audio(now).await;
                             next_audio += Duration::from_millis(20);
@@ -611,28 +641,49 @@ impl Driver {
             .map(|p| p.pt())
     }
 
-    async fn send_video_frame(&mut self, now: Instant) {
+    /// Make the next frame of every layer and queue its packets for
+    /// [`Driver::send_paced`], the first one due now.
+    fn queue_video_frame(&mut self, now: Instant) {
+        for (layer, video) in self.layers.iter_mut().enumerate() {
+            let (packets, _, ts) = video.media.next_video_frame(now);
+            for (payload, marker) in packets {
+                self.paced.push_back(PacedPacket {
+                    layer,
+                    payload,
+                    marker,
+                    ts,
+                });
+            }
+        }
+        let count = self.paced.len().max(1) as u32;
+        self.pace_gap = FRAME_INTERVAL.mul_f64(PACING_SHARE) / count;
+        self.next_paced = now;
+    }
+
+    /// Send the queued video packets that are due, stamped with `now`.
+    async fn send_paced(&mut self, now: Instant) {
         let Some(pt) = self.payload_type(self.codec) else {
             return;
         };
-        for index in 0..self.layers.len() {
-            let (packets, _, ts) = self.layers[index].media.next_video_frame(now);
-            for (payload, marker) in packets {
-                let payload: Arc<[u8]> = payload.into();
-                let layer = &mut self.layers[index];
-                layer.seq += 1;
-                let (rid, seq) = (layer.rid, layer.seq);
-                let write = RtpWrite::new(pt, seq.into(), ts, now, payload.clone())
-                    .marker(marker)
-                    .nackable(true);
-                if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.video, rid) {
-                    stream.write_rtp(write);
-                    self.record_sent(Kind::Video, seq, ts, payload, now);
-                }
-                if self.drain().await.is_none() {
-                    return;
-                }
+        while self.next_paced <= now
+            && let Some(mut packet) = self.paced.pop_front()
+        {
+            stamp(&mut packet.payload, now);
+            let payload: Arc<[u8]> = packet.payload.into();
+            let layer = &mut self.layers[packet.layer];
+            layer.seq += 1;
+            let (rid, seq) = (layer.rid, layer.seq);
+            let write = RtpWrite::new(pt, seq.into(), packet.ts, now, payload.clone())
+                .marker(packet.marker)
+                .nackable(true);
+            if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.video, rid) {
+                stream.write_rtp(write);
+                self.record_sent(Kind::Video, seq, packet.ts, payload, now);
             }
+            if self.drain().await.is_none() {
+                return;
+            }
+            self.next_paced += self.pace_gap;
         }
     }
 
