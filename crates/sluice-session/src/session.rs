@@ -18,6 +18,15 @@ use crate::trickle::{self, SdpFrag};
 
 /// Most simulcast layers a track may have (browsers send up to three).
 const MAX_LAYERS: usize = 4;
+/// How long a viewer's sent video stays available for NACK resends. A
+/// second covers a few round trips of any usable path (libwebrtc keeps
+/// about as long: the larger of 1 s and three round trips).
+const RESEND_HISTORY: Duration = Duration::from_secs(1);
+/// Upper bound on packets in that history (about 12 Mbit/s of video).
+const RESEND_PACKETS: usize = 1024;
+/// Resends queued beyond this share of what is sent are dropped (str0m's
+/// default).
+const RESEND_RATIO_CAP: f32 = 0.15;
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +193,7 @@ impl Session {
         negotiate::check_directions(&session.rtc, role, &mids)?;
         if role == Role::Viewer {
             negotiate::check_codecs(&session.rtc, &mids, codecs)?;
+            session.limit_resend_history();
         }
         if role == Role::Publisher {
             for t in &session.tracks {
@@ -201,6 +211,20 @@ impl Session {
             }
         }
         Ok((session, answer))
+    }
+
+    /// Keep sent video for resends for [`RESEND_HISTORY`] rather than
+    /// str0m's default of 3 s: the history is per viewer, so it is most of
+    /// a viewer's memory.
+    fn limit_resend_history(&mut self) {
+        for (mid, kind) in self.send_tracks() {
+            if kind != MediaKind::Video {
+                continue;
+            }
+            if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                stream.set_rtx_cache(RESEND_PACKETS, RESEND_HISTORY, Some(RESEND_RATIO_CAP));
+            }
+        }
     }
 
     /// Whether this session publishes or views.
