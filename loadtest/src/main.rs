@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use report::{Percentiles, Report, ServerUse, Spread, loss_pct};
+use report::{LayerCounts, Percentiles, Report, ServerUse, Spread, loss_pct};
 use sluice_http::auth::{Claims, Grants, mint, now_secs};
 use sluice_testkit::peer::PeerState;
 use sluice_testkit::{Peer, PeerOptions};
@@ -54,6 +54,10 @@ struct Args {
     /// 150/600/2000 kbit/s); viewers get the highest active one.
     #[arg(long)]
     simulcast: bool,
+    /// The simulcast layer subscribers ask for: q, h, f, or auto (the
+    /// best one the publisher sends).
+    #[arg(long, default_value = "auto", value_parser = ["q", "h", "f", "auto"])]
+    layer: String,
     /// Peers started per second (all at once without it).
     #[arg(long)]
     ramp: Option<f64>,
@@ -148,6 +152,7 @@ async fn start_peer(
         keep_packets: false,
         simulcast: args.simulcast,
         count_only: !publish && index >= args.probes,
+        layer: Some(args.layer.clone()),
         ..PeerOptions::new(&args.url, &name, publish)
     };
     match Peer::start(options).await {
@@ -288,6 +293,12 @@ async fn run(args: Args) -> Result<bool, String> {
         },
         server,
         server_delay_ms,
+        probe_layers: LayerCounts::of(
+            subscribers
+                .iter()
+                .map(|p| p.with_state(|s| s.video_layers))
+                .fold([0; 4], |a, b| std::array::from_fn(|i| a[i] + b[i])),
+        ),
     };
     for peer in publishers.into_iter().chain(subscribers) {
         let _ = peer.delete().await;
@@ -323,6 +334,11 @@ fn print_summary(r: &Report) {
         r.join_keyframe_ms.p50, r.join_keyframe_ms.p99
     );
     println!("per subscriber   {:.0} kbit/s", r.recv_kbps_per_subscriber);
+    let l = r.probe_layers;
+    println!(
+        "layers (probes)  q {}, h {}, f {}, without simulcast {} video packets",
+        l.q, l.h, l.f, l.plain
+    );
     match r.server {
         Some(s) => println!(
             "server           {:.1} % CPU, {:.1} MiB RSS",

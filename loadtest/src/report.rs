@@ -77,6 +77,34 @@ pub struct Report {
     /// The server's own forwarding delay in the window (its
     /// `sluice_forward_delay_seconds` histogram), ms.
     pub server_delay_ms: Option<Percentiles>,
+    /// Video packets the probe subscribers received per simulcast layer.
+    pub probe_layers: LayerCounts,
+}
+
+/// Video packets per simulcast layer (the synthetic publisher tags each
+/// packet with its layer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LayerCounts {
+    /// From a publisher without simulcast.
+    pub plain: u64,
+    /// Low layer.
+    pub q: u64,
+    /// Medium layer.
+    pub h: u64,
+    /// Full layer.
+    pub f: u64,
+}
+
+impl LayerCounts {
+    /// From counts indexed by layer tag (0 plain, 1 q, 2 h, 3 f).
+    pub fn of(tags: [u64; 4]) -> Self {
+        LayerCounts {
+            plain: tags[0],
+            q: tags[1],
+            h: tags[2],
+            f: tags[3],
+        }
+    }
 }
 
 /// Loss in percent of what was expected.
@@ -118,6 +146,8 @@ mod tests {
             "join_ms",
             "recv_kbps_per_subscriber",
             "server",
+            "server_delay_ms",
+            "probe_layers",
         ] {
             assert!(json.get(key).is_some(), "{key}");
         }

@@ -49,6 +49,8 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
                 ])
                 // One probe decrypts; two count from the RTP headers.
                 .args(["--probes", "1"])
+                // Simulcast, every subscriber asking for the middle layer.
+                .args(["--simulcast", "--layer", "h"])
                 .args([
                     "--duration",
                     "3s",
@@ -90,6 +92,19 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
     );
     assert!(
         report["server"]["rss_mb"].as_f64().unwrap() > 1.0,
+        "{report}"
+    );
+    // The probe got h (apart from the first packets, before its switch).
+    let layers = &report["probe_layers"];
+    let (q, h, f) = (
+        layers["q"].as_u64().unwrap(),
+        layers["h"].as_u64().unwrap(),
+        layers["f"].as_u64().unwrap(),
+    );
+    assert!(h > 100 && h > 10 * (q + f), "{report}");
+    // The server's own forwarding delay, from its /metrics.
+    assert!(
+        report["server_delay_ms"]["p99"].as_f64().unwrap() > 0.0,
         "{report}"
     );
 

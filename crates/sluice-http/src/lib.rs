@@ -102,6 +102,12 @@ pub fn app(state: AppState) -> Router {
                 .options(whip::resource_options)
                 .fallback(not_allowed("OPTIONS, PATCH, DELETE")),
         )
+        .route(
+            "/resource/{id}/layer",
+            post(whip::choose_layer)
+                .options(whip::layer_options)
+                .fallback(not_allowed("OPTIONS, POST")),
+        )
         .fallback(problem::not_found)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

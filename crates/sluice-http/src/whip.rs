@@ -1,10 +1,11 @@
 //! WHIP and WHEP endpoints and their session resources (RFC 9725).
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sluice_server::{Caller, ControlError, Role};
+use serde::Deserialize;
+use sluice_server::{Caller, ControlError, LayerChoice, Role};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -25,15 +26,98 @@ pub(crate) async fn publish(
     create(state, client, room, headers, body, Role::Publisher).await
 }
 
-/// `POST /whep/{room}`: watch a room.
+/// The query of a WHEP POST.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WatchQuery {
+    /// The simulcast layer to receive: `auto` (the default) or `q`, `h`,
+    /// `f` (also `low`, `medium`, `high`).
+    layer: Option<String>,
+}
+
+/// `POST /whep/{room}[?layer=q|h|f|auto]`: watch a room.
 pub(crate) async fn watch(
     state: State<AppState>,
     client: ConnectInfo<SocketAddr>,
     room: Path<String>,
+    Query(query): Query<WatchQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    create(state, client, room, headers, body, Role::Viewer).await
+    let choice = query.layer.as_deref().map(parse_layer).transpose()?;
+    let control = state.control.clone();
+    let mut response = create(state, client, room, headers, body, Role::Viewer).await?;
+    let Some(location) = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Ok(response);
+    };
+    if let Some(choice) = choice {
+        let resource = location.trim_start_matches("/resource/");
+        control
+            .choose_layer(resource, None, choice)
+            .await
+            .map_err(control_problem)?;
+    }
+    let link = format!("<{location}/layer>; rel=\"{LAYER_REL}\"");
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        response.headers_mut().insert(header::LINK, v);
+    }
+    Ok(response)
+}
+
+/// The link relation of a viewer's layer-selection resource (the WHEP
+/// layer extension).
+const LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
+
+fn parse_layer(name: &str) -> Result<LayerChoice, Problem> {
+    name.parse()
+        .map_err(|e: String| Problem::new(StatusCode::BAD_REQUEST, e))
+}
+
+/// The body of a layer selection: the layer to receive by name, or none
+/// for automatic selection.
+#[derive(Debug, Deserialize)]
+struct LayerRequest {
+    #[serde(rename = "encodingId")]
+    encoding_id: Option<String>,
+}
+
+/// `POST /resource/{id}/layer`: choose the simulcast layer a viewer
+/// receives (`{"encodingId": "h"}`), or go back to automatic (`{}`).
+pub(crate) async fn choose_layer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Problem> {
+    let content_type = header_str(&headers, header::CONTENT_TYPE);
+    if !essence_is(content_type, "application/json") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a layer request must be application/json, not {content_type:?}"),
+        ));
+    }
+    let caller = resource_caller(&state, &headers)?;
+    let text = read_text(body, state.limits.max_body_bytes).await?;
+    let request: LayerRequest = serde_json::from_str(&text).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("a layer request is {{\"encodingId\": \"q\" | \"h\" | \"f\"}} or {{}}: {e}"),
+        )
+    })?;
+    let choice = match request.encoding_id.as_deref() {
+        Some(name) => parse_layer(name)?,
+        None => LayerChoice::Auto,
+    };
+    state
+        .control
+        .choose_layer(&id, caller, choice)
+        .await
+        .map_err(control_problem)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create(
@@ -198,6 +282,20 @@ pub(crate) async fn endpoint_options() -> impl IntoResponse {
     )
 }
 
+/// `OPTIONS` on a viewer's layer resource.
+pub(crate) async fn layer_options() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, POST"),
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/json",
+            ),
+        ],
+    )
+}
+
 /// `OPTIONS` on a session resource.
 pub(crate) async fn resource_options() -> impl IntoResponse {
     (
@@ -235,6 +333,7 @@ pub(crate) fn control_problem(e: ControlError) -> Problem {
         ControlError::Negotiate(_) => StatusCode::BAD_REQUEST,
         ControlError::NotFound => StatusCode::NOT_FOUND,
         ControlError::Forbidden | ControlError::RoomFull => StatusCode::FORBIDDEN,
+        ControlError::NotAViewer => StatusCode::CONFLICT,
         ControlError::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
         ControlError::TooManyRooms => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,

@@ -31,6 +31,32 @@ pub struct LayerInfo {
     pub bitrate_bps: u64,
 }
 
+/// Which layer of a simulcast publication a subscription wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerChoice {
+    /// The best layer the publisher sends.
+    #[default]
+    Auto,
+    /// The best active layer of at most this quality (0 low, 1 medium,
+    /// 2 high); the lowest active layer when none is that low.
+    AtMost(u8),
+}
+
+impl std::str::FromStr for LayerChoice {
+    type Err = String;
+
+    /// `auto`, or a quality by any of the usual rid names: `q`/`l`/`low`,
+    /// `h`/`m`/`mid`/`medium`, `f`/`hi`/`high`/`full` (case-insensitive).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        if name.eq_ignore_ascii_case("auto") {
+            return Ok(LayerChoice::Auto);
+        }
+        named_rank(name).map(LayerChoice::AtMost).ok_or_else(|| {
+            format!("unknown layer {name:?}: use auto, q (low), h (medium) or f (high)")
+        })
+    }
+}
+
 /// The layers of one publication, indexed as the publisher declared them.
 #[derive(Debug, Clone)]
 pub struct Layers {
@@ -97,6 +123,19 @@ impl Layers {
             .map(|i| i as u8)
     }
 
+    /// The layer `choice` asks for among those active at `now`.
+    pub fn choose(&self, choice: LayerChoice, now: Instant) -> Option<u8> {
+        let LayerChoice::AtMost(max) = choice else {
+            return self.best_active(now);
+        };
+        let active = || (0..self.layers.len()).filter(|&i| is_active(&self.layers[i], now));
+        active()
+            .filter(|&i| self.layers[i].rank <= max)
+            .max_by_key(|&i| self.layers[i].rank)
+            .or_else(|| active().min_by_key(|&i| self.layers[i].rank))
+            .map(|i| i as u8)
+    }
+
     /// Each layer's rid, activity and bitrate at `now`.
     pub fn info(&self, now: Instant) -> Vec<LayerInfo> {
         self.layers
@@ -120,16 +159,20 @@ fn is_active(layer: &Layer, now: Instant) -> bool {
 /// SFUs use (q/h/f, l/m/h, low/mid/high, 0/1/2); unknown names rank by the
 /// order they were declared in.
 fn rank(rid: Option<&str>, declared_index: usize) -> u8 {
-    let named = match rid.map(|r| r.to_ascii_lowercase()) {
-        Some(r) => match r.as_str() {
-            "q" | "l" | "low" | "0" => Some(0),
-            "h" | "m" | "mid" | "medium" | "1" => Some(1),
-            "f" | "hi" | "high" | "full" | "2" => Some(2),
-            _ => None,
-        },
-        None => Some(0),
-    };
-    named.map_or(10 + declared_index as u8, |r| r)
+    match rid {
+        Some(r) => named_rank(r).unwrap_or(10 + declared_index as u8),
+        None => 0,
+    }
+}
+
+/// The quality rank a layer name stands for, if it is a known one.
+fn named_rank(name: &str) -> Option<u8> {
+    match name.to_ascii_lowercase().as_str() {
+        "q" | "l" | "low" | "0" => Some(0),
+        "h" | "m" | "mid" | "medium" | "1" => Some(1),
+        "f" | "hi" | "high" | "full" | "2" => Some(2),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +197,37 @@ mod tests {
         l.on_packet(1, 100, t1);
         assert_eq!(l.best_active(t1), Some(1));
         assert!(!l.on_packet(7, 100, t1), "unknown layer index is ignored");
+    }
+
+    #[test]
+    fn choices_pick_the_best_layer_at_most_that_good() {
+        let t0 = Instant::now();
+        let rids = ["q", "h", "f"].map(|r| Some(r.to_string()));
+        let mut l = Layers::new(&rids);
+        let [auto, low, mid, high] = ["auto", "q", "MEDIUM", "f"].map(|n| n.parse().unwrap());
+        assert_eq!(l.choose(low, t0), None, "nothing active yet");
+        for layer in 0..3 {
+            l.on_packet(layer, 100, t0);
+        }
+        assert_eq!(l.choose(auto, t0), Some(2));
+        assert_eq!(l.choose(low, t0), Some(0));
+        assert_eq!(l.choose(mid, t0), Some(1));
+        assert_eq!(l.choose(high, t0), Some(2));
+        // Only f keeps sending: everyone gets f, the lowest that is left.
+        let t1 = t0 + Duration::from_secs(2);
+        l.on_packet(2, 100, t1);
+        assert_eq!(l.choose(low, t1), Some(2));
+        assert_eq!(l.choose(mid, t1), Some(2));
+        // A plain publication has one layer for every choice.
+        let mut plain = Layers::new(&[None]);
+        plain.on_packet(0, 100, t0);
+        assert_eq!(plain.choose(high, t0), Some(0));
+        assert_eq!(plain.choose(low, t0), Some(0));
+        assert!(
+            "x".parse::<LayerChoice>()
+                .unwrap_err()
+                .contains("unknown layer")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod router;
 pub use codec::Codec;
 pub use forwarder::{Forwarder, Rewritten, SourceKey};
 pub use keyframe::KeyframeThrottle;
-pub use layer::LayerInfo;
+pub use layer::{LayerChoice, LayerInfo};
 pub use router::{
     Forward, MediaKind, PacketMeta, PublicationId, PublicationInfo, Router, RouterEvent, SessionId,
     TrackId,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::forwarder::{Forwarder, Rewritten, SourceKey, Vp8Ids};
 use crate::keyframe::KeyframeThrottle;
-use crate::layer::{LayerInfo, Layers};
+use crate::layer::{LayerChoice, LayerInfo, Layers};
 
 /// How often a publication re-checks which of its layers are alive.
 const LAYER_RECHECK: Duration = Duration::from_millis(500);
@@ -116,6 +116,8 @@ struct Subscription {
     session: SessionId,
     track: TrackId,
     kind: MediaKind,
+    /// The layer this subscriber wants of simulcast publications.
+    choice: LayerChoice,
     forwarder: Forwarder,
 }
 
@@ -125,8 +127,6 @@ struct Publication {
     session: SessionId,
     kind: MediaKind,
     layers: Layers,
-    /// The layer every subscription currently aims for.
-    best_layer: Option<u8>,
     /// Muted by an operator: nothing is forwarded.
     muted: bool,
     /// When layer activity was last re-evaluated.
@@ -274,7 +274,6 @@ impl Router {
             session,
             kind,
             layers,
-            best_layer: None,
             muted: false,
             layers_checked: None,
             throttles,
@@ -329,20 +328,26 @@ impl Router {
             Some((next_id, _)) => Location::Feed(*next_id),
             None => Location::Parked,
         };
-        let target = successor.as_ref().map(|(next_id, next)| SourceKey {
-            publication: *next_id,
-            layer: next.best_layer.unwrap_or(0),
-        });
-        let destination = match successor {
-            Some((_, next)) => &mut next.subscriptions,
-            None => &mut room.parked,
-        };
-        for mut sub in publication.subscriptions {
-            sub.forwarder.set_target(target);
+        let moved = publication.subscriptions;
+        for sub in &moved {
             if let Some(entry) = self.subscriptions.get_mut(&(sub.session, sub.track)) {
                 entry.1 = location;
             }
-            destination.push(sub);
+        }
+        match successor {
+            Some((next_id, next)) => {
+                for mut sub in moved {
+                    sub.forwarder
+                        .set_target(Some(next.target_for(next_id, sub.choice)));
+                    next.subscriptions.push(sub);
+                }
+            }
+            None => {
+                for mut sub in moved {
+                    sub.forwarder.set_target(None);
+                    room.parked.push(sub);
+                }
+            }
         }
         self.drop_room_if_empty(&publication.room);
     }
@@ -363,6 +368,7 @@ impl Router {
             session,
             track,
             kind,
+            choice: LayerChoice::Auto,
             forwarder: Forwarder::new(kind == MediaKind::Video, clock_rate, seed),
         };
         let room = self.rooms.entry(room_key.clone()).or_default();
@@ -371,10 +377,8 @@ impl Router {
         let location = match feed.and_then(|f| self.publications.get_mut(&f)) {
             Some(publication) => {
                 let id = feed.unwrap_or(PublicationId(0));
-                sub.forwarder.set_target(Some(SourceKey {
-                    publication: id,
-                    layer: publication.best_layer.unwrap_or(0),
-                }));
+                sub.forwarder
+                    .set_target(Some(publication.target_for(id, sub.choice)));
                 publication.subscriptions.push(sub);
                 Location::Feed(id)
             }
@@ -385,6 +389,47 @@ impl Router {
         };
         self.subscriptions
             .insert((session, track), (room_key, location));
+    }
+
+    /// Set which layer a subscription wants of simulcast publications; it
+    /// moves at the next keyframe of that layer. Returns whether the
+    /// subscription exists.
+    pub fn set_layer_choice(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+        choice: LayerChoice,
+    ) -> bool {
+        let Some((room, location)) = self.subscriptions.get(&(session, track)) else {
+            return false;
+        };
+        let mine = |s: &&mut Subscription| s.session == session && s.track == track;
+        match *location {
+            Location::Feed(id) => {
+                let Some(p) = self.publications.get_mut(&id) else {
+                    return false;
+                };
+                let target = p.target_for(id, choice);
+                let Some(sub) = p.subscriptions.iter_mut().find(mine) else {
+                    return false;
+                };
+                sub.choice = choice;
+                if sub.forwarder.target() != Some(target) {
+                    sub.forwarder.set_target(Some(target));
+                }
+            }
+            Location::Parked => {
+                let Some(sub) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.parked.iter_mut().find(mine))
+                else {
+                    return false;
+                };
+                sub.choice = choice;
+            }
+        }
+        true
     }
 
     /// Remove one subscription.
@@ -429,7 +474,7 @@ impl Router {
             .layers_checked
             .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_RECHECK);
         if p.layers.on_packet(layer, meta.size, now) || recheck {
-            p.update_best_layer(publication, now);
+            p.retarget(publication, now);
         }
         if p.muted {
             return;
@@ -523,20 +568,34 @@ impl Router {
 }
 
 impl Publication {
-    /// Aim every subscription at the best active layer.
-    fn update_best_layer(&mut self, id: PublicationId, now: Instant) {
+    /// Aim every subscription at the active layer it chose. A subscription
+    /// keeps its target while no layer is active.
+    fn retarget(&mut self, id: PublicationId, now: Instant) {
         self.layers_checked = Some(now);
-        let best = self.layers.best_active(now);
-        if best == self.best_layer || best.is_none() {
-            return;
+        for sub in &mut self.subscriptions {
+            let Some(layer) = self.layers.choose(sub.choice, now) else {
+                continue;
+            };
+            let target = Some(SourceKey {
+                publication: id,
+                layer,
+            });
+            if sub.forwarder.target() != target {
+                sub.forwarder.set_target(target);
+            }
         }
-        self.best_layer = best;
-        let target = best.map(|layer| SourceKey {
+    }
+
+    /// Where a subscription that chose `choice` should aim now: its layer
+    /// among those active at the last check, or layer 0 before any packet.
+    fn target_for(&self, id: PublicationId, choice: LayerChoice) -> SourceKey {
+        let layer = self
+            .layers_checked
+            .and_then(|now| self.layers.choose(choice, now))
+            .unwrap_or(0);
+        SourceKey {
             publication: id,
             layer,
-        });
-        for sub in &mut self.subscriptions {
-            sub.forwarder.set_target(target);
         }
     }
 }
@@ -739,5 +798,55 @@ mod tests {
         assert_eq!(r.subscriber_count(a), 0);
         r.unpublish(a);
         assert_eq!(r.room_count(), 0);
+    }
+
+    #[test]
+    fn each_viewer_gets_the_layer_it_chose() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let low_viewer = SessionId(11);
+        let rids = ["q", "h", "f"].map(|s| Some(s.to_string()));
+        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 5);
+        r.subscribe("live", low_viewer, VIDEO, MediaKind::Video, 90_000, 6);
+        // A choice made while waiting for a publisher is kept.
+        assert!(r.set_layer_choice(low_viewer, VIDEO, "q".parse().unwrap()));
+        assert!(!r.set_layer_choice(SessionId(99), VIDEO, LayerChoice::Auto));
+        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &rids);
+        let mut out = Vec::new();
+        let mut send = |r: &mut Router, out: &mut Vec<Forward>, seq: u64, at: Duration| {
+            out.clear();
+            for layer in 0..3 {
+                r.on_packet(a, layer, &meta(seq, 0, true, t0 + at), out);
+            }
+            out.iter()
+                .map(|f| (f.session, f.rewritten.seq))
+                .collect::<Vec<_>>()
+        };
+        // Every layer sends keyframes: the auto viewer ends on f, the
+        // other one on q, each exactly one packet per round.
+        send(&mut r, &mut out, 1, ms(0));
+        let round = send(&mut r, &mut out, 2, ms(10));
+        assert_eq!(round.len(), 2, "{round:?}");
+        let layer_of = |r: &Router, session: SessionId| {
+            let p = r.publications.get(&a).unwrap();
+            let sub = p.subscriptions.iter().find(|s| s.session == session);
+            sub.and_then(|s| s.forwarder.current()).map(|c| c.layer)
+        };
+        assert_eq!(layer_of(&r, VIEWER), Some(2));
+        assert_eq!(layer_of(&r, low_viewer), Some(0));
+        // The low viewer asks for h: it moves at h's next keyframe.
+        assert!(r.set_layer_choice(low_viewer, VIDEO, "h".parse().unwrap()));
+        send(&mut r, &mut out, 3, ms(20));
+        assert_eq!(layer_of(&r, low_viewer), Some(1));
+        // f stops: after the inactivity window the auto viewer drops to h,
+        // and a viewer asking for "at most f" too.
+        for i in 0..4u64 {
+            out.clear();
+            let at = t0 + ms(1000 + 600 * i);
+            r.on_packet(a, 0, &meta(4 + i, 0, true, at), &mut out);
+            r.on_packet(a, 1, &meta(4 + i, 0, true, at), &mut out);
+        }
+        assert_eq!(layer_of(&r, VIEWER), Some(1));
     }
 }

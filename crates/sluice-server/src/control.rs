@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use sluice_router::LayerChoice;
 use sluice_session::{NegotiateError, Role};
 
 use crate::admin::RoomInfo;
@@ -117,6 +118,8 @@ pub enum ControlError {
     PreconditionRequired,
     /// A PATCH's `If-Match` names another ICE session than the current one.
     PreconditionFailed,
+    /// Only viewer sessions choose a simulcast layer.
+    NotAViewer,
     /// The media server is shutting down or gone.
     Unavailable,
 }
@@ -137,6 +140,9 @@ impl fmt::Display for ControlError {
             ),
             ControlError::PreconditionFailed => {
                 f.write_str("If-Match does not match the session's current ETag")
+            }
+            ControlError::NotAViewer => {
+                f.write_str("only viewer (WHEP) sessions choose a simulcast layer")
             }
             ControlError::Unavailable => f.write_str("the media server is not running"),
         }
@@ -167,6 +173,12 @@ pub(crate) enum Command {
         if_match: Option<String>,
         frag: String,
         reply: oneshot::Sender<Result<Patched, ControlError>>,
+    },
+    ChooseLayer {
+        resource: String,
+        caller: Option<Caller>,
+        choice: LayerChoice,
+        reply: oneshot::Sender<Result<(), ControlError>>,
     },
     Rooms {
         room: Option<String>,
@@ -251,6 +263,25 @@ impl ControlHandle {
             caller,
             if_match: if_match.map(str::to_owned),
             frag: frag.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    /// Set which simulcast layer a viewer session receives, on behalf of
+    /// `caller`; it moves at that layer's next keyframe.
+    pub async fn choose_layer(
+        &self,
+        resource: &str,
+        caller: Option<Caller>,
+        choice: LayerChoice,
+    ) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ChooseLayer {
+            resource: resource.to_owned(),
+            caller,
+            choice,
             reply,
         })
         .await?;

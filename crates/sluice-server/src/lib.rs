@@ -5,7 +5,8 @@
 //! The data path of one packet: `recv_from` → find the session by remote
 //! address (or by STUN ufrag for a new peer) → `Session::handle_datagram` →
 //! drain `Session::poll` → `Router::on_packet` → `Session::write_rtp` on each
-//! viewer → drain each viewer → `send_to`.
+//! viewer → after the receive batch, one timeout and drain per viewer that
+//! got packets → `sendmmsg`, 64 datagrams per call.
 
 pub mod admin;
 mod control;
@@ -16,6 +17,7 @@ mod shard;
 
 pub use control::{Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig};
 pub use metrics::Metrics;
+pub use sluice_router::LayerChoice;
 pub use sluice_session::{NegotiateError, Role};
 
 use std::net::SocketAddr;

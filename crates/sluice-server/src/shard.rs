@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use sluice_router::forwarder::Vp8Ids;
 use sluice_router::router::RouterConfig;
-use sluice_router::{Forward, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId};
+use sluice_router::{
+    Forward, LayerChoice, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId,
+};
 use sluice_session::demux::stun_server_ufrag;
 use sluice_session::{
     CloseReason, IncomingRtp, Mid, Role, SdpFrag, Session, SessionConfig, SessionEvent,
@@ -463,6 +465,17 @@ impl Shard {
                 let _ = reply.send(result);
                 self.process_events(Instant::now());
             }
+            Command::ChooseLayer {
+                resource,
+                caller,
+                choice,
+                reply,
+            } => {
+                let result = self
+                    .owned_session(&resource, caller.as_ref())
+                    .and_then(|id| self.choose_layer(id, choice));
+                let _ = reply.send(result);
+            }
             Command::Rooms { room, reply } => {
                 let _ = reply.send(self.rooms(room.as_deref()));
             }
@@ -603,6 +616,22 @@ impl Shard {
     }
 
     /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
+    /// Point every video track of viewer `id` at the layer `choice` names.
+    fn choose_layer(&mut self, id: SessionId, choice: LayerChoice) -> Result<(), ControlError> {
+        let entry = self.sessions.get(&id).ok_or(ControlError::NotFound)?;
+        if entry.session.role() != Role::Viewer {
+            return Err(ControlError::NotAViewer);
+        }
+        for (index, (_, kind)) in entry.session.send_tracks().into_iter().enumerate() {
+            if kind == sluice_session::MediaKind::Video {
+                self.router
+                    .set_layer_choice(id, TrackId(index as u32), choice);
+            }
+        }
+        debug!(session = id.0, ?choice, "layer chosen");
+        Ok(())
+    }
+
     fn patch(
         &mut self,
         id: SessionId,

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::counting::{SeqExtender, rtp_header, ssrcs_by_kind};
-use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, sent_at, stamp};
+use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, layer_tag, sent_at, stamp};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
 /// Audio or video, for recorded packets.
@@ -71,6 +71,9 @@ pub struct PeerOptions {
     pub simulcast: bool,
     /// Talk to the server through a relay that drops packets.
     pub loss: Option<Loss>,
+    /// The simulcast layer a viewer asks for (`?layer=` on the WHEP POST:
+    /// `q`, `h`, `f` or `auto`); `None` leaves the server's default.
+    pub layer: Option<String>,
 }
 
 impl PeerOptions {
@@ -86,6 +89,7 @@ impl PeerOptions {
             simulcast: false,
             count_only: false,
             loss: None,
+            layer: None,
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct PeerState {
     pub first_packet_at: Option<Instant>,
     /// When the first video keyframe packet arrived.
     pub first_keyframe_at: Option<Instant>,
+    /// Video packets received per simulcast layer tag (index 1 to 3 for
+    /// q, h, f; 0 for a publisher without simulcast), full subscribers only.
+    pub video_layers: [u64; 4],
     /// Keyframe requests received from the server (publisher).
     pub keyframe_requests: u32,
     /// HTTP status of each ICE restart PATCH, in order.
@@ -175,6 +182,8 @@ pub struct PeerState {
 pub struct Peer {
     /// The session resource URL from the `Location` header.
     pub resource: String,
+    /// The bearer token the session was created with.
+    token: Option<String>,
     relay: Option<LossyRelay>,
     state: Arc<Mutex<PeerState>>,
     commands: watch::Sender<PeerCommand>,
@@ -230,7 +239,10 @@ impl Peer {
         let video = change.add_media(MediaKind::Video, dir, Some("test".into()), None, simulcast);
         let (offer, pending) = change.apply().ok_or(PeerError::Local("no offer".into()))?;
         let endpoint = if options.publish { "whip" } else { "whep" };
-        let url = format!("{}/{}/{}", options.url, endpoint, options.room);
+        let mut url = format!("{}/{}/{}", options.url, endpoint, options.room);
+        if let Some(layer) = options.layer.as_deref().filter(|_| !options.publish) {
+            url = format!("{url}?layer={layer}");
+        }
         let post_at = Instant::now();
         let (answer, location) =
             post_offer(&url, &offer.to_sdp_string(), options.token.as_deref()).await?;
@@ -305,6 +317,7 @@ impl Peer {
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
             resource,
+            token: options.token.clone(),
             relay,
             state,
             commands,
@@ -334,6 +347,28 @@ impl Peer {
         f(&self.state.lock())
     }
 
+    /// Ask the server for another simulcast layer (`Some("q")`) or for
+    /// automatic selection (`None`) through the session's layer resource.
+    /// Returns the HTTP status.
+    pub async fn choose_layer(&self, layer: Option<&str>) -> Result<u16, PeerError> {
+        let body = match layer {
+            Some(name) => serde_json::json!({ "encodingId": name }),
+            None => serde_json::json!({}),
+        };
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/layer", self.resource))
+            .json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        Ok(request
+            .send()
+            .await
+            .map_err(|e| PeerError::Http(e.to_string()))?
+            .status()
+            .as_u16())
+    }
+
     /// Send a PLI for the video track (viewer).
     pub fn request_keyframe(&self) {
         let _ = self.commands.send(PeerCommand::RequestKeyframe);
@@ -353,8 +388,11 @@ impl Peer {
 
     /// End the session with an HTTP DELETE, then stop. Returns the status.
     pub async fn delete(self) -> Result<u16, PeerError> {
-        let status = reqwest::Client::new()
-            .delete(&self.resource)
+        let mut request = reqwest::Client::new().delete(&self.resource);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let status = request
             .send()
             .await
             .map_err(|e| PeerError::Http(e.to_string()))?
@@ -617,8 +655,13 @@ impl Driver {
                         .push(delay.as_micros().min(u128::from(u32::MAX)) as u32);
                 }
                 state.first_packet_at.get_or_insert(p.timestamp);
-                if kind == Kind::Video && self.video_codec.starts_keyframe(&p.payload) {
-                    state.first_keyframe_at.get_or_insert(p.timestamp);
+                if kind == Kind::Video {
+                    if self.video_codec.starts_keyframe(&p.payload) {
+                        state.first_keyframe_at.get_or_insert(p.timestamp);
+                    }
+                    if let Some(tag) = layer_tag(self.video_codec, &p.payload) {
+                        state.video_layers[usize::from(tag.min(3))] += 1;
+                    }
                 }
                 if self.keep_packets {
                     state.received.push(Packet {

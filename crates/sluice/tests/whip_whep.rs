@@ -163,6 +163,94 @@ async fn simulcast_viewers_get_the_top_layer_without_gaps() {
     server.stop().await;
 }
 
+/// Video packets `peer` receives per layer tag (1 q, 2 h, 3 f) while it
+/// receives its next `count` video packets.
+async fn layers_of_next(peer: &Peer, count: u64) -> [u64; 4] {
+    let before = peer.with_state(|s| s.video_layers);
+    let total = |l: [u64; 4]| l.iter().sum::<u64>();
+    assert!(
+        peer.wait_for(Duration::from_secs(10), |s| total(s.video_layers)
+            >= total(before) + count)
+            .await,
+        "video keeps flowing"
+    );
+    let after = peer.with_state(|s| s.video_layers);
+    std::array::from_fn(|i| after[i] - before[i])
+}
+
+/// Let a viewer's layer change take effect (it waits for a keyframe of
+/// the new layer), then return what it receives.
+async fn settled_layers(peer: &Peer) -> [u64; 4] {
+    layers_of_next(peer, 60).await;
+    layers_of_next(peer, 60).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_choose_their_simulcast_layer() {
+    let server = TestServer::start().await;
+    let publisher = Peer::start(PeerOptions {
+        simulcast: true,
+        ..options(&server.url, "choice", true)
+    })
+    .await
+    .unwrap();
+    let low = Peer::start(PeerOptions {
+        layer: Some("q".into()),
+        ..options(&server.url, "choice", false)
+    })
+    .await
+    .unwrap();
+    let auto = Peer::start(options(&server.url, "choice", false))
+        .await
+        .unwrap();
+    let only = |layers: [u64; 4], tag: usize| {
+        layers[tag] > 0 && (0..4).all(|t| t == tag || layers[t] == 0)
+    };
+    let l = settled_layers(&low).await;
+    assert!(only(l, 1), "?layer=q gets q only: {l:?}");
+    let a = settled_layers(&auto).await;
+    assert!(only(a, 3), "the default gets f only: {a:?}");
+
+    // Switch at run time through the layer resource, then back to auto.
+    assert_eq!(low.choose_layer(Some("h")).await.unwrap(), 204);
+    let l = settled_layers(&low).await;
+    assert!(only(l, 2), "after choosing h: {l:?}");
+    assert_eq!(low.choose_layer(None).await.unwrap(), 204);
+    let l = settled_layers(&low).await;
+    assert!(only(l, 3), "after going back to auto: {l:?}");
+    let a = settled_layers(&auto).await;
+    assert!(only(a, 3), "the other viewer never moved: {a:?}");
+
+    // Errors: an unknown layer, a publisher's resource.
+    assert_eq!(low.choose_layer(Some("x")).await.unwrap(), 400);
+    assert_eq!(publisher.choose_layer(Some("q")).await.unwrap(), 409);
+    let url = format!("{}/whep/choice?layer=huge", server.url);
+    match sluice_testkit::peer::post_offer(&url, "v=0", None).await {
+        Err(PeerError::Status(400, body)) => assert!(body.contains("unknown layer"), "{body}"),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // A WHEP answer links to the layer resource (the WHEP layer extension).
+    let response = reqwest::Client::new()
+        .post(format!("{}/whep/choice", server.url))
+        .header("content-type", "application/sdp")
+        .body(common::audio_offer("recvonly"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let link = response.headers()["link"].to_str().unwrap();
+    assert_eq!(
+        link,
+        format!("<{location}/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\"")
+    );
+
+    for peer in [low, auto, publisher] {
+        assert_eq!(peer.delete().await.unwrap(), 200);
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_follows_a_new_publisher_without_renegotiation() {
     let server = TestServer::start().await;
