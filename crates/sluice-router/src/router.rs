@@ -814,7 +814,7 @@ mod tests {
         assert!(!r.set_layer_choice(SessionId(99), VIDEO, LayerChoice::Auto));
         let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &rids);
         let mut out = Vec::new();
-        let mut send = |r: &mut Router, out: &mut Vec<Forward>, seq: u64, at: Duration| {
+        let send = |r: &mut Router, out: &mut Vec<Forward>, seq: u64, at: Duration| {
             out.clear();
             for layer in 0..3 {
                 r.on_packet(a, layer, &meta(seq, 0, true, t0 + at), out);

@@ -396,21 +396,7 @@ impl Shard {
             let Some(&mid) = viewer.tracks.get(f.track.0 as usize) else {
                 continue;
             };
-            let vp8 = rtp
-                .vp8
-                .zip(f.rewritten.vp8)
-                .map(|(d, ids)| (d, ids.picture_id, ids.tl0_pic_idx));
-            let written = viewer.session.write_rtp(
-                mid,
-                &rtp.params,
-                f.rewritten.seq,
-                f.rewritten.ts,
-                packet.header.marker,
-                packet.payload.clone(),
-                packet.timestamp,
-                vp8,
-            );
-            if written {
+            if viewer.session.write_rtp(mid, &rtp, &f.rewritten) {
                 self.tally.packets_forwarded += 1;
                 self.tally.bytes_forwarded += packet.payload.len() as u64;
                 // A write only queues the packet: str0m sends it on its

@@ -2,16 +2,15 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
-use sluice_router::Codec;
+use sluice_router::{Codec, Rewritten};
 
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
 use crate::trickle::{self, SdpFrag};
@@ -518,27 +517,19 @@ impl Session {
         }
     }
 
-    /// Send one RTP packet on `mid`. `source` describes the publisher's
-    /// codec; the packet is dropped if this peer did not negotiate it.
-    /// Returns whether the packet was queued.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write_rtp(
-        &mut self,
-        mid: Mid,
-        source: &PayloadParams,
-        seq: u64,
-        ts: u32,
-        marker: bool,
-        payload: Arc<[u8]>,
-        wallclock: Instant,
-        vp8: Option<(Vp8Descriptor, u16, Option<u8>)>,
-    ) -> bool {
+    /// Send `rtp` (a publisher's packet) on `mid` with the header fields
+    /// the router rewrote for this viewer. The payload is shared, not
+    /// copied; the audio level, voice activity and video orientation header
+    /// extensions go along. The packet is dropped if this peer did not
+    /// negotiate the publisher's codec. Returns whether it was queued.
+    pub fn write_rtp(&mut self, mid: Mid, rtp: &IncomingRtp, rewritten: &Rewritten) -> bool {
         if self.closed.is_some() {
             return false;
         }
         let Some(track) = self.tracks.iter().position(|t| t.mid == mid) else {
             return false;
         };
+        let source = &rtp.params;
         let out = match self.tracks[track].out_pt {
             Some((src, out)) if src.pt() == source.pt() && src.spec() == source.spec() => out,
             _ => {
@@ -554,15 +545,30 @@ impl Session {
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return false;
         };
-        let mut write = RtpWrite::new(out.pt(), seq.into(), ts, wallclock, payload)
-            .marker(marker)
-            .nackable(is_video);
-        if let Some((descriptor, picture_id, tl0)) = vp8 {
+        let packet = &rtp.packet;
+        let ext = &packet.header.ext_vals;
+        let ext_vals = ExtensionValues {
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            ..ExtensionValues::default()
+        };
+        let mut write = RtpWrite::new(
+            out.pt(),
+            rewritten.seq.into(),
+            rewritten.ts,
+            packet.timestamp,
+            packet.payload.clone(),
+        )
+        .marker(packet.header.marker)
+        .nackable(is_video)
+        .ext_vals(ext_vals);
+        if let (Some(descriptor), Some(ids)) = (rtp.vp8, rewritten.vp8) {
             let mut patch = descriptor.patch();
             if descriptor.picture_id().is_some() {
-                patch = patch.picture_id(picture_id);
+                patch = patch.picture_id(ids.picture_id);
             }
-            if let (Some(t), Some(_)) = (tl0, descriptor.tl0_pic_idx()) {
+            if let (Some(t), Some(_)) = (ids.tl0_pic_idx, descriptor.tl0_pic_idx()) {
                 patch = patch.tl0_pic_idx(t);
             }
             if let Ok(patch) = patch.build() {

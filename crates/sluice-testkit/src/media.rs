@@ -224,16 +224,23 @@ impl SyntheticMedia {
         (packets, keyframe, frame.wrapping_mul(3000))
     }
 
-    /// The next 20 ms audio packet, stamped with `now`, and its RTP
-    /// timestamp (48 kHz).
-    pub fn next_audio(&mut self, now: Instant) -> (Vec<u8>, u32) {
+    /// The next 20 ms audio packet, stamped with `now`, its RTP timestamp
+    /// (48 kHz) and its audio level in -dBov for the RFC 6464 header
+    /// extension: a second of speech (-25 to -34) then a second of
+    /// silence (-90), over and over.
+    pub fn next_audio(&mut self, now: Instant) -> (Vec<u8>, u32, i8) {
         let n = self.audio;
         self.audio += 1;
         let mut p = vec![0xfc];
         p.extend(n.to_be_bytes());
         p.resize(80, n as u8);
         stamp(&mut p, now);
-        (p, n.wrapping_mul(960))
+        let level = if (n / 50).is_multiple_of(2) {
+            -25 - (n % 10) as i8
+        } else {
+            -90
+        };
+        (p, n.wrapping_mul(960), level)
     }
 }
 

@@ -13,7 +13,7 @@ use str0m::media::{
     Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer,
 };
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -43,6 +43,8 @@ pub struct Packet {
     pub ts: u32,
     /// The RTP payload.
     pub payload: Arc<[u8]>,
+    /// The audio level header extension (RFC 6464), -dBov.
+    pub audio_level: Option<i8>,
     /// When it was sent or received.
     pub at: Instant,
 }
@@ -669,6 +671,7 @@ impl Driver {
                         seq: *p.seq_no,
                         ts: p.header.timestamp,
                         payload: p.payload.clone(),
+                        audio_level: p.header.ext_vals.audio_level,
                         at: p.timestamp,
                     });
                 }
@@ -721,7 +724,7 @@ impl Driver {
                 .nackable(true);
             if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.video, rid) {
                 stream.write_rtp(write);
-                self.record_sent(Kind::Video, seq, packet.ts, payload, now);
+                self.record_sent(Kind::Video, seq, packet.ts, payload, None, now);
             }
             if self.drain().await.is_none() {
                 return;
@@ -734,19 +737,32 @@ impl Driver {
         let Some(pt) = self.payload_type(Codec::Opus) else {
             return;
         };
-        let (payload, ts) = self.audio_media.next_audio(now);
+        let (payload, ts, level) = self.audio_media.next_audio(now);
         let payload: Arc<[u8]> = payload.into();
         self.audio_seq += 1;
         let seq = self.audio_seq;
-        let write = RtpWrite::new(pt, seq.into(), ts, now, payload.clone());
+        let ext_vals = ExtensionValues {
+            audio_level: Some(level),
+            voice_activity: Some(level > -50),
+            ..ExtensionValues::default()
+        };
+        let write = RtpWrite::new(pt, seq.into(), ts, now, payload.clone()).ext_vals(ext_vals);
         if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.audio, None) {
             stream.write_rtp(write);
-            self.record_sent(Kind::Audio, seq, ts, payload, now);
+            self.record_sent(Kind::Audio, seq, ts, payload, Some(level), now);
         }
         let _ = self.drain().await;
     }
 
-    fn record_sent(&self, kind: Kind, seq: u64, ts: u32, payload: Arc<[u8]>, at: Instant) {
+    fn record_sent(
+        &self,
+        kind: Kind,
+        seq: u64,
+        ts: u32,
+        payload: Arc<[u8]>,
+        audio_level: Option<i8>,
+        at: Instant,
+    ) {
         let mut state = self.state.lock();
         state.sent_count += 1;
         if self.keep_packets {
@@ -755,6 +771,7 @@ impl Driver {
                 seq,
                 ts,
                 payload,
+                audio_level,
                 at,
             });
         }

@@ -23,8 +23,8 @@ fn video_received(s: &PeerState) -> usize {
 }
 
 /// Every received packet of `kind`, in order, is the next sent packet:
-/// identical bytes (but for the VP8 picture ids an SFU rewrites),
-/// consecutive sequence numbers, no gaps.
+/// identical bytes (but for the VP8 picture ids an SFU rewrites), the same
+/// audio level, consecutive sequence numbers, no gaps.
 fn assert_received_is_sent_in_order(
     codec: VideoCodec,
     sent: &[Packet],
@@ -50,6 +50,10 @@ fn assert_received_is_sent_in_order(
             body(s),
             body(r),
             "{kind:?} packet {i} differs from what was sent"
+        );
+        assert_eq!(
+            s.audio_level, r.audio_level,
+            "{kind:?} packet {i}: the audio level extension goes along"
         );
         if i > 0 {
             assert_eq!(
