@@ -319,7 +319,7 @@ mod tests {
         let mut m = SyntheticMedia::default();
         let t = Instant::now() + Duration::from_millis(1234);
         let (packets, _, _) = m.next_video_frame(t);
-        let (audio, _) = m.next_audio(t);
+        let (audio, _, _) = m.next_audio(t);
         for p in packets.iter().map(|(p, _)| p).chain([&audio]) {
             let sent = sent_at(p).unwrap();
             assert!(sent.max(t) - sent.min(t) < Duration::from_micros(2));
