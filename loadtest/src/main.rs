@@ -54,6 +54,10 @@ struct Args {
     /// 150/600/2000 kbit/s); viewers get the highest active one.
     #[arg(long)]
     simulcast: bool,
+    /// Publishers and subscribers offer audio only (Opus-sized packets,
+    /// 50 per second, with the audio level extension).
+    #[arg(long, conflicts_with = "simulcast")]
+    audio_only: bool,
     /// The simulcast layer subscribers ask for: q, h, f, or auto (the
     /// best one the publisher sends).
     #[arg(long, default_value = "auto", value_parser = ["q", "h", "f", "auto"])]
@@ -153,6 +157,7 @@ async fn start_peer(
         simulcast: args.simulcast,
         count_only: !publish && index >= args.probes,
         layer: Some(args.layer.clone()),
+        audio_only: args.audio_only,
         ..PeerOptions::new(&args.url, &name, publish)
     };
     match Peer::start(options).await {

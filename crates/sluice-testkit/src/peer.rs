@@ -73,6 +73,8 @@ pub struct PeerOptions {
     pub simulcast: bool,
     /// Talk to the server through a relay that drops packets.
     pub loss: Option<Loss>,
+    /// Offer and send audio only (no video section).
+    pub audio_only: bool,
     /// The simulcast layer a viewer asks for (`?layer=` on the WHEP POST:
     /// `q`, `h`, `f` or `auto`); `None` leaves the server's default.
     pub layer: Option<String>,
@@ -91,6 +93,7 @@ impl PeerOptions {
             simulcast: false,
             count_only: false,
             loss: None,
+            audio_only: false,
             layer: None,
         }
     }
@@ -238,7 +241,8 @@ impl Peer {
             }
             s
         });
-        let video = change.add_media(MediaKind::Video, dir, Some("test".into()), None, simulcast);
+        let video = (!options.audio_only)
+            .then(|| change.add_media(MediaKind::Video, dir, Some("test".into()), None, simulcast));
         let (offer, pending) = change.apply().ok_or(PeerError::Local("no offer".into()))?;
         let endpoint = if options.publish { "whip" } else { "whep" };
         let mut url = format!("{}/{}/{}", options.url, endpoint, options.room);
@@ -293,7 +297,9 @@ impl Peer {
             },
             audio_media: SyntheticMedia::default(),
             audio_seq: 0,
-            layers: if options.simulcast {
+            layers: if options.audio_only {
+                Vec::new()
+            } else if options.simulcast {
                 SIMULCAST
                     .iter()
                     .map(|(rid, shape)| VideoLayer {
@@ -497,7 +503,8 @@ struct Driver {
     local: SocketAddr,
     state: Arc<Mutex<PeerState>>,
     audio: Mid,
-    video: Mid,
+    /// The video section (none for audio-only peers).
+    video: Option<Mid>,
     publish: bool,
     codec: Codec,
     audio_media: SyntheticMedia,
@@ -643,7 +650,7 @@ impl Driver {
                     .direct_api()
                     .stream_rx(&p.header.ssrc)
                     .map(|s| s.mid());
-                let kind = if mid == Some(self.video) {
+                let kind = if mid.is_some() && mid == self.video {
                     Kind::Video
                 } else {
                     Kind::Audio
@@ -722,7 +729,9 @@ impl Driver {
             let write = RtpWrite::new(pt, seq.into(), packet.ts, now, payload.clone())
                 .marker(packet.marker)
                 .nackable(true);
-            if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(self.video, rid) {
+            if let Some(video) = self.video
+                && let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(video, rid)
+            {
                 stream.write_rtp(write);
                 self.record_sent(Kind::Video, seq, packet.ts, payload, None, now);
             }
@@ -837,7 +846,9 @@ impl Driver {
     }
 
     fn send_pli(&mut self) {
-        if let Some(stream) = self.rtc.direct_api().stream_rx_by_mid(self.video, None) {
+        if let Some(video) = self.video
+            && let Some(stream) = self.rtc.direct_api().stream_rx_by_mid(video, None)
+        {
             stream.request_keyframe(KeyframeRequestKind::Pli);
         }
     }

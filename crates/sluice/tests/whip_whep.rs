@@ -256,6 +256,29 @@ async fn viewers_choose_their_simulcast_layer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_sessions_carry_audio_and_its_level() {
+    let server = TestServer::start().await;
+    let audio_only = |publish| PeerOptions {
+        audio_only: true,
+        ..options(&server.url, "radio", publish)
+    };
+    let publisher = Peer::start(audio_only(true)).await.unwrap();
+    let viewer = Peer::start(audio_only(false)).await.unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| s.received.len() >= 50)
+            .await,
+        "audio arrives"
+    );
+    let received = viewer.with_state(|s| s.received.clone());
+    assert!(received.iter().all(|p| p.kind == Kind::Audio));
+    assert!(received.iter().all(|p| p.audio_level.is_some()));
+    assert_eq!(viewer.delete().await.unwrap(), 200);
+    assert_eq!(publisher.delete().await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_follows_a_new_publisher_without_renegotiation() {
     let server = TestServer::start().await;
     // The viewer comes first and waits.
