@@ -191,6 +191,41 @@ async function testViewerFirst(ctx) {
   return { lateMs, switchMs };
 }
 
+/**
+ * Test 4: a three-person conference. Every page publishes its fake camera
+ * and decodes both others' video; when one leaves, the others drop its tile.
+ */
+async function testConference(ctx) {
+  const room = `conf-${randomId()}`;
+  const names = ['alice', 'bob', 'carol'];
+  for (const name of names) {
+    await openPage(ctx, name, `${BASE}/conference/${room}?name=${name}&autostart=1`);
+  }
+  const others = (me) => names.filter((n) => n !== me);
+  for (const name of names) {
+    const cond = others(name)
+      .map((o) => `(s.tiles['${o}'] && s.tiles['${o}'].framesDecoded > 10 && s.tiles['${o}'].frameWidth > 0)`)
+      .join(' && ');
+    await waitHook(name, `s.state === 'connected' && ${cond}`, 30000);
+  }
+  await sleep(1500);
+  await mkdir(OUT_DIR, { recursive: true });
+  await pages.get('alice').screenshot({ path: join(OUT_DIR, 'conference.png') });
+  const alice = await hooksOf(pages.get('alice'));
+  // carol leaves: the others' carol tiles go away, bob keeps decoding alice.
+  await pages.get('carol').evaluate(() => window.sluiceLeave());
+  await waitHook('alice', "!s.tiles['carol'] && !!s.tiles['bob']", 10000);
+  const before = (await hooksOf(pages.get('bob'))).tiles.alice.framesDecoded;
+  await waitHook('bob', `!s.tiles['carol'] && s.tiles['alice'].framesDecoded > ${before + 10}`, 10000);
+  for (const name of names) {
+    const page = pages.get(name);
+    await page.evaluate(() => window.sluiceLeave());
+    await page.close();
+    pages.delete(name);
+  }
+  return { width: alice.tiles.bob.frameWidth, height: alice.tiles.bob.frameHeight };
+}
+
 async function main() {
   if (!BASE) throw new Error('SLUICE_URL is not set (e.g. SLUICE_URL=http://127.0.0.1:8080)');
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
@@ -200,6 +235,7 @@ async function main() {
   const t1 = await testPublishWatch(ctx);
   await testIndex(ctx);
   const t3 = await testViewerFirst(ctx);
+  const t4 = await testConference(ctx);
 
   await closeBrowser();
   console.log(JSON.stringify({
@@ -209,6 +245,7 @@ async function main() {
     publisher_switch_ms: t3.switchMs,
     width: t1.width,
     height: t1.height,
+    conference_tile: `${t4.width}x${t4.height}`,
   }));
 }
 

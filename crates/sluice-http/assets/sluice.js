@@ -611,7 +611,7 @@
     hooks.page = 'index';
     const input = $('room');
     const hint = $('room-hint');
-    const links = { publish: $('go-publish'), watch: $('go-watch') };
+    const links = { publish: $('go-publish'), watch: $('go-watch'), conference: $('go-conference') };
     const whipUrl = $('whip-url');
     const whepUrl = $('whep-url');
 

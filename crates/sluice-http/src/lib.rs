@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod auth;
+mod conference;
 mod cors;
 pub mod limits;
 pub mod ops;
@@ -59,6 +60,14 @@ pub fn app(state: AppState) -> Router {
             get(pages::script).fallback(not_allowed("GET")),
         )
         .route(
+            "/conference/{room}",
+            get(pages::conference).fallback(not_allowed("GET")),
+        )
+        .route(
+            "/assets/conference.js",
+            get(pages::conference_script).fallback(not_allowed("GET")),
+        )
+        .route(
             "/assets/sluice.css",
             get(pages::style).fallback(not_allowed("GET")),
         )
@@ -101,6 +110,10 @@ pub fn app(state: AppState) -> Router {
                 .patch(whip::patch_resource)
                 .options(whip::resource_options)
                 .fallback(not_allowed("OPTIONS, PATCH, DELETE")),
+        )
+        .route(
+            "/conference/{room}/ws",
+            get(conference::websocket).fallback(not_allowed("GET")),
         )
         .route(
             "/resource/{id}/layer",

@@ -18,6 +18,19 @@ pub(crate) async fn watch() -> Html<&'static str> {
     Html(include_str!("../assets/watch.html"))
 }
 
+/// `GET /conference/{room}`: a video meeting in the browser.
+pub(crate) async fn conference() -> Html<&'static str> {
+    Html(include_str!("../assets/conference.html"))
+}
+
+/// `GET /assets/conference.js`: the conference page's client.
+pub(crate) async fn conference_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../assets/conference.js"),
+    )
+}
+
 /// `GET /assets/sluice.js`: the WHIP/WHEP client shared by the pages.
 pub(crate) async fn script() -> impl IntoResponse {
     (

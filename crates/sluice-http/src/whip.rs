@@ -5,7 +5,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sluice_server::{Caller, ControlError, LayerChoice, Role};
+use sluice_server::{Caller, ControlError, LayerChoice, Role, SessionRequest};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -15,15 +15,34 @@ use crate::AppState;
 use crate::auth::forbidden;
 use crate::problem::Problem;
 
-/// `POST /whip/{room}`: publish into a room.
+/// The query of a WHIP POST.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PublishQuery {
+    /// The participant name viewers follow this publisher by (ignored when
+    /// authentication is on: the token's identity is the name).
+    participant: Option<String>,
+}
+
+/// `POST /whip/{room}[?participant=NAME]`: publish into a room.
 pub(crate) async fn publish(
     state: State<AppState>,
     client: ConnectInfo<SocketAddr>,
     room: Path<String>,
+    Query(query): Query<PublishQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    create(state, client, room, headers, body, Role::Publisher).await
+    let participant = query.participant.map(check_participant).transpose()?;
+    create(
+        state,
+        client,
+        room,
+        headers,
+        body,
+        Role::Publisher,
+        participant,
+    )
+    .await
 }
 
 /// The query of a WHEP POST.
@@ -32,9 +51,12 @@ pub(crate) struct WatchQuery {
     /// The simulcast layer to receive: `auto` (the default) or `q`, `h`,
     /// `f` (also `low`, `medium`, `high`).
     layer: Option<String>,
+    /// Follow this participant's publications instead of the room's newest
+    /// publisher (a conference tile).
+    participant: Option<String>,
 }
 
-/// `POST /whep/{room}[?layer=q|h|f|auto]`: watch a room.
+/// `POST /whep/{room}[?layer=q|h|f|auto][&participant=NAME]`: watch a room.
 pub(crate) async fn watch(
     state: State<AppState>,
     client: ConnectInfo<SocketAddr>,
@@ -44,8 +66,18 @@ pub(crate) async fn watch(
     body: Body,
 ) -> Result<Response, Problem> {
     let choice = query.layer.as_deref().map(parse_layer).transpose()?;
+    let participant = query.participant.map(check_participant).transpose()?;
     let control = state.control.clone();
-    let mut response = create(state, client, room, headers, body, Role::Viewer).await?;
+    let mut response = create(
+        state,
+        client,
+        room,
+        headers,
+        body,
+        Role::Viewer,
+        participant,
+    )
+    .await?;
     let Some(location) = response
         .headers()
         .get(header::LOCATION)
@@ -127,6 +159,7 @@ async fn create(
     headers: HeaderMap,
     body: Body,
     role: Role,
+    participant: Option<String>,
 ) -> Result<Response, Problem> {
     state.readiness.check()?;
     state.rate.check(client.ip(), Instant::now())?;
@@ -154,10 +187,22 @@ async fn create(
         ));
     }
     let offer = read_text(body, state.limits.max_body_bytes).await?;
-    let identity = caller.as_ref().map(|c| c.sub.as_str());
+    let identity = caller.map(|c| c.sub);
+    let participant = match role {
+        // With authentication on, a publisher is known by its identity.
+        Role::Publisher => identity.clone().or(participant),
+        Role::Viewer => participant,
+    };
     let created = state
         .control
-        .create(role, &room, &offer, identity, client.ip())
+        .create(SessionRequest {
+            role,
+            room,
+            offer,
+            identity,
+            client: client.ip(),
+            participant,
+        })
         .await
         .map_err(control_problem)?;
     let location = format!("/resource/{}", created.resource);
@@ -307,8 +352,20 @@ pub(crate) async fn resource_options() -> impl IntoResponse {
     )
 }
 
+/// A participant name: 1 to 128 characters, no control characters.
+fn check_participant(name: String) -> Result<String, Problem> {
+    if !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control) {
+        Ok(name)
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "a participant name is 1 to 128 characters, without control characters",
+        ))
+    }
+}
+
 /// Rooms are named by URL-safe words: letters, digits, `-` and `_`.
-fn check_room_name(room: &str) -> Result<(), Problem> {
+pub(crate) fn check_room_name(room: &str) -> Result<(), Problem> {
     let valid = !room.is_empty()
         && room.len() <= 64
         && room

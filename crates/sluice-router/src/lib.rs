@@ -16,6 +16,6 @@ pub use forwarder::{Forwarder, Rewritten, SourceKey};
 pub use keyframe::KeyframeThrottle;
 pub use layer::{LayerChoice, LayerInfo};
 pub use router::{
-    Forward, MediaKind, PacketMeta, PublicationId, PublicationInfo, Router, RouterEvent, SessionId,
-    TrackId,
+    Follow, Forward, MediaKind, PacketMeta, PublicationId, PublicationInfo, Router, RouterEvent,
+    SessionId, TrackId,
 };

@@ -110,12 +110,25 @@ impl Default for RouterConfig {
     }
 }
 
+/// Whose media a subscription follows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Follow {
+    /// The room's current publication of its kind: the newest publisher's
+    /// (a WHEP viewer's default).
+    #[default]
+    Room,
+    /// One participant's publication of its kind, whenever that
+    /// participant publishes (a conference tile).
+    Participant(Arc<str>),
+}
+
 /// One subscriber track following a publication.
 #[derive(Debug)]
 struct Subscription {
     session: SessionId,
     track: TrackId,
     kind: MediaKind,
+    follow: Follow,
     /// The layer this subscriber wants of simulcast publications.
     choice: LayerChoice,
     forwarder: Forwarder,
@@ -125,6 +138,8 @@ struct Subscription {
 struct Publication {
     room: Arc<str>,
     session: SessionId,
+    /// The publishing participant, when it has a name.
+    participant: Option<Arc<str>>,
     kind: MediaKind,
     layers: Layers,
     /// Muted by an operator: nothing is forwarded.
@@ -254,13 +269,15 @@ impl Router {
             .map_or(0, |p| p.subscriptions.len())
     }
 
-    /// Add a publication with layers named by `rids` (`[None]` without
-    /// simulcast). It becomes the room's feed of its kind and takes over
-    /// every subscription of that kind.
+    /// Add `participant`'s publication with layers named by `rids`
+    /// (`[None]` without simulcast). It becomes the room's feed of its kind
+    /// and takes over the subscriptions that follow the room, and those
+    /// that follow this participant.
     pub fn publish(
         &mut self,
         room: &str,
         session: SessionId,
+        participant: Option<&str>,
         kind: MediaKind,
         rids: &[Option<String>],
     ) -> PublicationId {
@@ -272,6 +289,7 @@ impl Router {
         let mut publication = Publication {
             room: room_key.clone(),
             session,
+            participant: participant.map(Arc::from),
             kind,
             layers,
             muted: false,
@@ -280,16 +298,30 @@ impl Router {
             subscriptions: Vec::new(),
         };
         let room = self.rooms.entry(room_key).or_default();
-        room.publications.push(id);
         let previous = room.feeds[kind_index(kind)].replace(id);
-        let mut taken: Vec<Subscription> = Vec::new();
         let parked = std::mem::take(&mut room.parked);
-        let (mine, others): (Vec<_>, Vec<_>) = parked.into_iter().partition(|s| s.kind == kind);
+        let (mut taken, others): (Vec<_>, Vec<_>) = parked
+            .into_iter()
+            .partition(|s| s.kind == kind && publication.is_followed_by(&s.follow));
         room.parked = others;
-        taken.extend(mine);
-        if let Some(prev) = previous.and_then(|p| self.publications.get_mut(&p)) {
-            taken.append(&mut prev.subscriptions);
+        for other in &room.publications {
+            let Some(p) = self.publications.get_mut(other) else {
+                continue;
+            };
+            if p.kind != kind {
+                continue;
+            }
+            let from_feed = previous == Some(*other);
+            let (moving, staying): (Vec<_>, Vec<_>) = std::mem::take(&mut p.subscriptions)
+                .into_iter()
+                .partition(|s| match &s.follow {
+                    Follow::Room => from_feed,
+                    Follow::Participant(_) => publication.is_followed_by(&s.follow),
+                });
+            p.subscriptions = staying;
+            taken.extend(moving);
         }
+        room.publications.push(id);
         for mut sub in taken {
             // Until a packet shows which layers are alive, aim for layer 0.
             sub.forwarder.set_target(Some(SourceKey {
@@ -323,60 +355,73 @@ impl Router {
                     .is_some_and(|p| p.kind == publication.kind)
             });
         }
-        let successor = slot.and_then(|s| Some((s, self.publications.get_mut(&s)?)));
-        let location = match &successor {
-            Some((next_id, _)) => Location::Feed(*next_id),
-            None => Location::Parked,
-        };
-        let moved = publication.subscriptions;
-        for sub in &moved {
-            if let Some(entry) = self.subscriptions.get_mut(&(sub.session, sub.track)) {
-                entry.1 = location;
-            }
-        }
-        match successor {
-            Some((next_id, next)) => {
-                for mut sub in moved {
+        let feed = *slot;
+        for mut sub in publication.subscriptions {
+            // Room followers go to the room's new feed; participant
+            // followers to that participant's newest other publication.
+            let next = match &sub.follow {
+                Follow::Room => feed,
+                Follow::Participant(_) => room.publications.iter().rev().copied().find(|p| {
+                    self.publications.get(p).is_some_and(|p| {
+                        p.kind == publication.kind && p.is_followed_by(&sub.follow)
+                    })
+                }),
+            };
+            let key = (sub.session, sub.track);
+            let location = match next.and_then(|n| Some((n, self.publications.get_mut(&n)?))) {
+                Some((next_id, next)) => {
                     sub.forwarder
                         .set_target(Some(next.target_for(next_id, sub.choice)));
                     next.subscriptions.push(sub);
+                    Location::Feed(next_id)
                 }
-            }
-            None => {
-                for mut sub in moved {
+                None => {
                     sub.forwarder.set_target(None);
                     room.parked.push(sub);
+                    Location::Parked
                 }
+            };
+            if let Some(entry) = self.subscriptions.get_mut(&key) {
+                entry.1 = location;
             }
         }
         self.drop_room_if_empty(&publication.room);
     }
 
-    /// Subscribe a session's outgoing track to the room's feed of `kind`.
-    /// `seed` randomises the first outgoing sequence number.
+    /// Subscribe a session's outgoing track of `kind` to what `follow`
+    /// names in `room`, rewriting with `forwarder`; it waits when nothing
+    /// matching is published yet.
     pub fn subscribe(
         &mut self,
         room: &str,
         session: SessionId,
         track: TrackId,
         kind: MediaKind,
-        clock_rate: u32,
-        seed: u64,
+        follow: Follow,
+        forwarder: Forwarder,
     ) {
         let room_key = self.room_key(room);
+        let room = self.rooms.entry(room_key.clone()).or_default();
+        room.subscriptions += 1;
+        let source = match &follow {
+            Follow::Room => room.feeds[kind_index(kind)],
+            Follow::Participant(_) => room.publications.iter().rev().copied().find(|p| {
+                self.publications
+                    .get(p)
+                    .is_some_and(|p| p.kind == kind && p.is_followed_by(&follow))
+            }),
+        };
         let mut sub = Subscription {
             session,
             track,
             kind,
+            follow,
             choice: LayerChoice::Auto,
-            forwarder: Forwarder::new(kind == MediaKind::Video, clock_rate, seed),
+            forwarder,
         };
-        let room = self.rooms.entry(room_key.clone()).or_default();
-        room.subscriptions += 1;
-        let feed = room.feeds[kind_index(kind)];
-        let location = match feed.and_then(|f| self.publications.get_mut(&f)) {
+        let location = match source.and_then(|f| self.publications.get_mut(&f)) {
             Some(publication) => {
-                let id = feed.unwrap_or(PublicationId(0));
+                let id = source.unwrap_or(PublicationId(0));
                 sub.forwarder
                     .set_target(Some(publication.target_for(id, sub.choice)));
                 publication.subscriptions.push(sub);
@@ -568,6 +613,15 @@ impl Router {
 }
 
 impl Publication {
+    /// Whether a subscription following `follow` belongs on this
+    /// publication (when it is the room's feed, for room followers).
+    fn is_followed_by(&self, follow: &Follow) -> bool {
+        match follow {
+            Follow::Room => true,
+            Follow::Participant(name) => self.participant.as_deref() == Some(&**name),
+        }
+    }
+
     /// Aim every subscription at the active layer it chose. A subscription
     /// keeps its target while no layer is active.
     fn retarget(&mut self, id: PublicationId, now: Instant) {
@@ -621,6 +675,16 @@ mod tests {
         }
     }
 
+    /// Subscribe `session`'s `track` to the room's feed (a WHEP viewer).
+    fn watch(r: &mut Router, session: SessionId, track: TrackId, kind: MediaKind, seed: u64) {
+        let (video, clock_rate) = match kind {
+            MediaKind::Video => (true, 90_000),
+            MediaKind::Audio => (false, 48_000),
+        };
+        let forwarder = Forwarder::new(video, clock_rate, seed);
+        r.subscribe("live", session, track, kind, Follow::Room, forwarder);
+    }
+
     fn keyframe_requests(router: &mut Router) -> Vec<RouterEvent> {
         std::iter::from_fn(|| router.poll_event()).collect()
     }
@@ -630,10 +694,10 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut r = Router::new(RouterConfig::default());
-        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 42);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 42);
         let mut out = Vec::new();
 
-        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
         assert_eq!(r.subscriber_count(a), 1);
         // No keyframe yet: nothing forwarded, one merged keyframe request.
         r.on_packet(a, 0, &meta(100, 0, false, t0), &mut out);
@@ -661,7 +725,7 @@ mod tests {
         // Publisher A leaves; the viewer is parked, then B arrives.
         r.unpublish(a);
         assert_eq!(r.feed("live", MediaKind::Video), None);
-        let b = r.publish("live", PUBLISHER_B, MediaKind::Video, &[None]);
+        let b = r.publish("live", PUBLISHER_B, None, MediaKind::Video, &[None]);
         out.clear();
         let t1 = t0 + ms(2000);
         r.on_packet(b, 0, &meta(9, 77, true, t1), &mut out);
@@ -678,11 +742,11 @@ mod tests {
     fn new_publisher_takes_over_from_a_live_one() {
         let t0 = Instant::now();
         let mut r = Router::new(RouterConfig::default());
-        let a = r.publish("live", PUBLISHER_A, MediaKind::Audio, &[None]);
-        r.subscribe("live", VIEWER, TrackId(0), MediaKind::Audio, 48_000, 1);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Audio, &[None]);
+        watch(&mut r, VIEWER, TrackId(0), MediaKind::Audio, 1);
         let mut out = Vec::new();
         r.on_packet(a, 0, &meta(5, 960, false, t0), &mut out);
-        let b = r.publish("live", PUBLISHER_B, MediaKind::Audio, &[None]);
+        let b = r.publish("live", PUBLISHER_B, None, MediaKind::Audio, &[None]);
         assert_eq!(r.subscriber_count(a), 0);
         assert_eq!(r.subscriber_count(b), 1);
         // Audio switches at once, continuing the sequence.
@@ -701,17 +765,10 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut r = Router::new(RouterConfig::default());
-        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
         let mut out = Vec::new();
         for v in 0..20 {
-            r.subscribe(
-                "live",
-                SessionId(100 + v),
-                VIDEO,
-                MediaKind::Video,
-                90_000,
-                v,
-            );
+            watch(&mut r, SessionId(100 + v), VIDEO, MediaKind::Video, v);
         }
         r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
         assert_eq!(out.len(), 20);
@@ -744,8 +801,8 @@ mod tests {
     fn muted_publications_forward_nothing_and_resume_at_a_keyframe() {
         let t0 = Instant::now();
         let mut r = Router::new(RouterConfig::default());
-        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &[None]);
-        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 1);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 1);
         let mut out = Vec::new();
         r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
         assert_eq!(out.len(), 1);
@@ -773,8 +830,8 @@ mod tests {
         let ms = Duration::from_millis;
         let mut r = Router::new(RouterConfig::default());
         let rids = ["q", "h", "f"].map(|s| Some(s.to_string()));
-        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &rids);
-        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 5);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &rids);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 5);
         let mut out = Vec::new();
         // Only q and h are sent: h wins, from its keyframe on.
         r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
@@ -807,12 +864,12 @@ mod tests {
         let mut r = Router::new(RouterConfig::default());
         let low_viewer = SessionId(11);
         let rids = ["q", "h", "f"].map(|s| Some(s.to_string()));
-        r.subscribe("live", VIEWER, VIDEO, MediaKind::Video, 90_000, 5);
-        r.subscribe("live", low_viewer, VIDEO, MediaKind::Video, 90_000, 6);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 5);
+        watch(&mut r, low_viewer, VIDEO, MediaKind::Video, 6);
         // A choice made while waiting for a publisher is kept.
         assert!(r.set_layer_choice(low_viewer, VIDEO, "q".parse().unwrap()));
         assert!(!r.set_layer_choice(SessionId(99), VIDEO, LayerChoice::Auto));
-        let a = r.publish("live", PUBLISHER_A, MediaKind::Video, &rids);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &rids);
         let mut out = Vec::new();
         let send = |r: &mut Router, out: &mut Vec<Forward>, seq: u64, at: Duration| {
             out.clear();
@@ -848,5 +905,64 @@ mod tests {
             r.on_packet(a, 1, &meta(4 + i, 0, true, at), &mut out);
         }
         assert_eq!(layer_of(&r, VIEWER), Some(1));
+    }
+
+    #[test]
+    fn participant_followers_stay_with_their_participant() {
+        let t0 = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let tile = SessionId(20);
+        let follow_alice = Follow::Participant("alice".into());
+        let forwarder = Forwarder::new(true, 90_000, 3);
+        r.subscribe(
+            "live",
+            tile,
+            VIDEO,
+            MediaKind::Video,
+            follow_alice,
+            forwarder,
+        );
+        let a1 = r.publish(
+            "live",
+            PUBLISHER_A,
+            Some("alice"),
+            MediaKind::Video,
+            &[None],
+        );
+        let b = r.publish("live", PUBLISHER_B, Some("bob"), MediaKind::Video, &[None]);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 4);
+        let mut out = Vec::new();
+        let mut seq = 0;
+        let mut send = |r: &mut Router, p: PublicationId| {
+            seq += 1;
+            out.clear();
+            r.on_packet(p, 0, &meta(seq, 0, true, t0), &mut out);
+            out.iter().map(|f| f.session).collect::<Vec<_>>()
+        };
+        assert_eq!(send(&mut r, a1), [tile], "alice goes to her tile only");
+        assert_eq!(
+            send(&mut r, b),
+            [VIEWER],
+            "the room feed is the newest: bob"
+        );
+        // Alice leaves: her tile waits instead of showing bob.
+        r.unpublish(a1);
+        assert_eq!(send(&mut r, b), [VIEWER]);
+        assert_eq!(r.subscriber_count(b), 1);
+        // She comes back: her tile follows her; the room viewer moves to
+        // the newest publication, hers.
+        let a2 = r.publish(
+            "live",
+            PUBLISHER_A,
+            Some("alice"),
+            MediaKind::Video,
+            &[None],
+        );
+        let mut got = send(&mut r, a2);
+        got.sort();
+        assert_eq!(got, [VIEWER, tile]);
+        assert!(send(&mut r, b).is_empty());
+        r.unpublish(b);
+        assert_eq!(r.subscriber_count(a2), 2);
     }
 }

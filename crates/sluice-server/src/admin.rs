@@ -51,3 +51,16 @@ pub struct LayerInfo {
     /// Payload bitrate over the last second, kbit/s.
     pub bitrate_kbps: u64,
 }
+
+/// A participant that publishes in a room, as conference clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParticipantInfo {
+    /// The name viewers follow it by (`/whep/{room}?participant=`).
+    pub name: String,
+    /// It publishes audio.
+    pub audio: bool,
+    /// It publishes video.
+    pub video: bool,
+    /// Simulcast layers of its video (1 without simulcast).
+    pub video_layers: usize,
+}

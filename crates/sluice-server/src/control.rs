@@ -7,8 +7,10 @@ use std::time::Duration;
 use sluice_router::LayerChoice;
 use sluice_session::{NegotiateError, Role};
 
-use crate::admin::RoomInfo;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use crate::admin::{ParticipantInfo, RoomInfo};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Settings of the media server.
 #[derive(Debug, Clone)]
@@ -77,6 +79,25 @@ pub struct Caller {
     pub identity: String,
     /// Admin tokens may act on anyone's sessions.
     pub admin: bool,
+}
+
+/// What a new session is for.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// Publisher (WHIP) or viewer (WHEP).
+    pub role: Role,
+    /// The room.
+    pub room: String,
+    /// The client's SDP offer.
+    pub offer: String,
+    /// The token identity that asks (authentication on).
+    pub identity: Option<String>,
+    /// The HTTP client's address.
+    pub client: IpAddr,
+    /// For a publisher, the participant name viewers follow it by (one is
+    /// made up when `None`); for a viewer, the participant to follow
+    /// (`None`: the room's newest publisher).
+    pub participant: Option<String>,
 }
 
 /// A session the shard created.
@@ -155,12 +176,12 @@ impl std::error::Error for ControlError {}
 #[derive(Debug)]
 pub(crate) enum Command {
     Create {
-        role: Role,
-        room: String,
-        offer: String,
-        identity: Option<String>,
-        client: IpAddr,
+        request: SessionRequest,
         reply: oneshot::Sender<Result<Created, ControlError>>,
+    },
+    Participants {
+        room: String,
+        reply: oneshot::Sender<Vec<ParticipantInfo>>,
     },
     Delete {
         resource: String,
@@ -206,33 +227,38 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub struct ControlHandle {
     tx: mpsc::Sender<Command>,
+    room_changes: broadcast::Sender<Arc<str>>,
 }
 
 impl ControlHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Command>) -> Self {
-        ControlHandle { tx }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        room_changes: broadcast::Sender<Arc<str>>,
+    ) -> Self {
+        ControlHandle { tx, room_changes }
     }
 
-    /// Create a publisher or viewer session in `room` from an SDP offer
-    /// sent by `client`, owned by `identity` (when authentication is on).
-    pub async fn create(
-        &self,
-        role: Role,
-        room: &str,
-        offer: &str,
-        identity: Option<&str>,
-        client: IpAddr,
-    ) -> Result<Created, ControlError> {
+    /// Names of rooms whose publishing participants changed, as they
+    /// change (a lagging receiver should re-read what it follows).
+    pub fn room_changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.room_changes.subscribe()
+    }
+
+    /// The participants publishing in `room`, oldest first.
+    pub async fn participants(&self, room: &str) -> Result<Vec<ParticipantInfo>, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Create {
-            role,
+        self.send(Command::Participants {
             room: room.to_owned(),
-            offer: offer.to_owned(),
-            identity: identity.map(str::to_owned),
-            client,
             reply,
         })
         .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)
+    }
+
+    /// Create a publisher or viewer session from an SDP offer.
+    pub async fn create(&self, request: SessionRequest) -> Result<Created, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Create { request, reply }).await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 

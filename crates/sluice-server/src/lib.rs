@@ -15,7 +15,9 @@ pub mod metrics;
 mod outbox;
 mod shard;
 
-pub use control::{Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig};
+pub use control::{
+    Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig, SessionRequest,
+};
 pub use metrics::Metrics;
 pub use sluice_router::LayerChoice;
 pub use sluice_session::{NegotiateError, Role};
@@ -43,7 +45,15 @@ pub fn start(
     let candidate = config.candidate_address(local)?;
     let (tx, rx) = mpsc::channel(1024);
     let sink = events::EventSink::new(events);
-    let shard = shard::Shard::new(config, socket, local, candidate, metrics, sink);
+    let (room_changes, _) = tokio::sync::broadcast::channel(256);
+    let shard = shard::Shard::new(
+        config,
+        socket,
+        (local, candidate),
+        metrics,
+        sink,
+        room_changes.clone(),
+    );
     let task = tokio::spawn(shard.run(rx));
-    Ok((ControlHandle::new(tx), task))
+    Ok((ControlHandle::new(tx, room_changes), task))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_router::forwarder::Vp8Ids;
 use sluice_router::router::RouterConfig;
+use sluice_router::{Follow, Forwarder};
 use sluice_router::{
     Forward, LayerChoice, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId,
 };
@@ -18,11 +19,13 @@ use sluice_session::{
     SessionOutput,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
-use crate::admin::{LayerInfo, RoomInfo, SessionInfo, TrackInfo};
-use crate::control::{Caller, Command, ControlError, Created, Limits, Patched, ServerConfig};
+use crate::admin::{LayerInfo, ParticipantInfo, RoomInfo, SessionInfo, TrackInfo};
+use crate::control::{
+    Caller, Command, ControlError, Created, Limits, Patched, ServerConfig, SessionRequest,
+};
 use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
 use crate::outbox::Outbox;
@@ -43,6 +46,8 @@ struct Entry {
     room: Arc<str>,
     /// The token identity that created the session (authentication on).
     identity: Option<String>,
+    /// A publisher's participant name (viewers follow it by this name).
+    participant: Option<Arc<str>>,
     /// The HTTP client address that created it.
     client: IpAddr,
     resource: String,
@@ -84,16 +89,18 @@ pub(crate) struct Shard {
     per_room: HashMap<Arc<str>, usize>,
     per_address: HashMap<IpAddr, usize>,
     events_out: EventSink,
+    /// Rooms whose publishing participants changed, for conference clients.
+    room_changes: broadcast::Sender<Arc<str>>,
 }
 
 impl Shard {
     pub(crate) fn new(
         config: ServerConfig,
         socket: UdpSocket,
-        local: SocketAddr,
-        candidate: SocketAddr,
+        (local, candidate): (SocketAddr, SocketAddr),
         metrics: Metrics,
         events_out: EventSink,
+        room_changes: broadcast::Sender<Arc<str>>,
     ) -> Self {
         let limits = config.limits.clone();
         Shard {
@@ -122,6 +129,7 @@ impl Shard {
             per_room: HashMap::new(),
             per_address: HashMap::new(),
             events_out,
+            room_changes,
         }
     }
 
@@ -319,9 +327,14 @@ impl Shard {
                     return;
                 };
                 if entry.session.role() == Role::Publisher {
-                    let publication = self
-                        .router
-                        .publish(&entry.room, id, media_kind(kind), &rids);
+                    let publication = self.router.publish(
+                        &entry.room,
+                        id,
+                        entry.participant.as_deref(),
+                        media_kind(kind),
+                        &rids,
+                    );
+                    let _ = self.room_changes.send(entry.room.clone());
                     entry.publications.push((mid, publication));
                     info!(
                         session = id.0,
@@ -413,15 +426,9 @@ impl Shard {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Create {
-                role,
-                room,
-                offer,
-                identity,
-                client,
-                reply,
-            } => {
-                let result = self.create(role, &room, &offer, identity, client);
+            Command::Create { request, reply } => {
+                let (room, role) = (request.room.clone(), request.role);
+                let result = self.create(request);
                 if let Err(e) = &result {
                     info!(room = %room, ?role, "offer refused: {e}");
                 }
@@ -461,6 +468,9 @@ impl Shard {
                     .owned_session(&resource, caller.as_ref())
                     .and_then(|id| self.choose_layer(id, choice));
                 let _ = reply.send(result);
+            }
+            Command::Participants { room, reply } => {
+                let _ = reply.send(self.participants(&room));
             }
             Command::Rooms { room, reply } => {
                 let _ = reply.send(self.rooms(room.as_deref()));
@@ -515,6 +525,37 @@ impl Shard {
             }
             Command::Shutdown => {}
         }
+    }
+
+    /// The participants publishing in `room`, oldest first.
+    fn participants(&self, room: &str) -> Vec<ParticipantInfo> {
+        let now = Instant::now();
+        self.sessions_in(room)
+            .into_iter()
+            .filter_map(|id| {
+                let entry = self.sessions.get(&id)?;
+                let name = entry.participant.as_deref()?;
+                let mut info = ParticipantInfo {
+                    name: name.to_owned(),
+                    audio: false,
+                    video: false,
+                    video_layers: 0,
+                };
+                for (_, publication) in &entry.publications {
+                    let Some(p) = self.router.publication_info(*publication, now) else {
+                        continue;
+                    };
+                    match p.kind {
+                        MediaKind::Audio => info.audio = true,
+                        MediaKind::Video => {
+                            info.video = true;
+                            info.video_layers = p.layers.len();
+                        }
+                    }
+                }
+                (info.audio || info.video).then_some(info)
+            })
+            .collect()
     }
 
     /// Sessions of `room`, oldest first.
@@ -657,14 +698,16 @@ impl Shard {
         })
     }
 
-    fn create(
-        &mut self,
-        role: Role,
-        room: &str,
-        offer: &str,
-        identity: Option<String>,
-        client: IpAddr,
-    ) -> Result<Created, ControlError> {
+    fn create(&mut self, request: SessionRequest) -> Result<Created, ControlError> {
+        let SessionRequest {
+            role,
+            room,
+            offer,
+            identity,
+            client,
+            participant,
+        } = request;
+        let (room, offer) = (room.as_str(), offer.as_str());
         self.check_limits(room, client)?;
         let now = Instant::now();
         let codecs = match role {
@@ -690,25 +733,29 @@ impl Shard {
         }
         *self.per_address.entry(client).or_default() += 1;
         let mut tracks = Vec::new();
+        let follow = match (&participant, role) {
+            (Some(name), Role::Viewer) => Follow::Participant(Arc::from(name.as_str())),
+            _ => Follow::Room,
+        };
         if role == Role::Viewer {
             for (index, (mid, kind)) in session.send_tracks().into_iter().enumerate() {
                 let kind = media_kind(kind);
-                let clock_rate = if kind == MediaKind::Video {
-                    90_000
-                } else {
-                    48_000
+                let forwarder = match kind {
+                    MediaKind::Video => Forwarder::new(true, 90_000, rand::random()),
+                    MediaKind::Audio => Forwarder::new(false, 48_000, rand::random()),
                 };
-                self.router.subscribe(
-                    &room,
-                    id,
-                    TrackId(index as u32),
-                    kind,
-                    clock_rate,
-                    rand::random(),
-                );
+                let track = TrackId(index as u32);
+                self.router
+                    .subscribe(&room, id, track, kind, follow.clone(), forwarder);
                 tracks.push(mid);
             }
         }
+        let participant = match role {
+            Role::Publisher => Some(Arc::from(
+                participant.unwrap_or_else(|| format!("p{}", id.0)).as_str(),
+            )),
+            Role::Viewer => None,
+        };
         info!(
             session = id.0,
             room = %room,
@@ -731,6 +778,7 @@ impl Shard {
                 session,
                 room,
                 identity,
+                participant,
                 client,
                 resource: resource.clone(),
                 ufrag,
@@ -814,6 +862,9 @@ impl Shard {
                 self.emit(event);
             }
             self.router.unpublish(*publication);
+        }
+        if !entry.publications.is_empty() {
+            let _ = self.room_changes.send(entry.room.clone());
         }
         self.metrics
             .sessions

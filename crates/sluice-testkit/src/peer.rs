@@ -75,6 +75,9 @@ pub struct PeerOptions {
     pub loss: Option<Loss>,
     /// Offer and send audio only (no video section).
     pub audio_only: bool,
+    /// A publisher's participant name, or the participant a viewer follows
+    /// (`?participant=`).
+    pub participant: Option<String>,
     /// The simulcast layer a viewer asks for (`?layer=` on the WHEP POST:
     /// `q`, `h`, `f` or `auto`); `None` leaves the server's default.
     pub layer: Option<String>,
@@ -94,6 +97,7 @@ impl PeerOptions {
             count_only: false,
             loss: None,
             audio_only: false,
+            participant: None,
             layer: None,
         }
     }
@@ -245,9 +249,16 @@ impl Peer {
             .then(|| change.add_media(MediaKind::Video, dir, Some("test".into()), None, simulcast));
         let (offer, pending) = change.apply().ok_or(PeerError::Local("no offer".into()))?;
         let endpoint = if options.publish { "whip" } else { "whep" };
-        let mut url = format!("{}/{}/{}", options.url, endpoint, options.room);
+        let mut query = Vec::new();
         if let Some(layer) = options.layer.as_deref().filter(|_| !options.publish) {
-            url = format!("{url}?layer={layer}");
+            query.push(format!("layer={layer}"));
+        }
+        if let Some(name) = &options.participant {
+            query.push(format!("participant={name}"));
+        }
+        let mut url = format!("{}/{}/{}", options.url, endpoint, options.room);
+        if !query.is_empty() {
+            url = format!("{url}?{}", query.join("&"));
         }
         let post_at = Instant::now();
         let (answer, location) =

@@ -1,0 +1,161 @@
+//! The conference WebSocket, `GET /conference/{room}/ws`: it tells a
+//! conference client who publishes in the room, and again whenever that
+//! changes, so the client can watch each participant
+//! (`POST /whep/{room}?participant=NAME`).
+//!
+//! Messages from the server are JSON text frames:
+//! `{"type": "participants", "participants": [{"name", "audio", "video",
+//! "video_layers"}]}`, and `{"type": "error", "status", "detail"}` before
+//! it closes. With authentication on, the client sends its token in the
+//! query (`?token=`) or as its first message, `{"type": "join", "token":
+//! "…"}`, within 10 s.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use sluice_server::admin::ParticipantInfo;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::debug;
+
+use crate::AppState;
+use crate::auth::{Claims, forbidden};
+use crate::problem::Problem;
+use crate::whip::check_room_name;
+
+/// How long a client may take to send its join message.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The query of the WebSocket request.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConferenceQuery {
+    /// The bearer token, for clients that cannot send headers (browsers).
+    token: Option<String>,
+}
+
+/// The first message of a client that did not put its token in the query.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientMessage {
+    Join { token: Option<String> },
+}
+
+/// `GET /conference/{room}/ws`: upgrade to the conference WebSocket.
+pub(crate) async fn websocket(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<ConferenceQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Problem> {
+    check_room_name(&room)?;
+    // A token in the query is checked before the upgrade, so a bad one
+    // gets a plain HTTP 401 or 403.
+    let authorized = match (&query.token, state.auth.enabled()) {
+        (_, false) => true,
+        (Some(token), true) => {
+            let claims = state
+                .auth
+                .verify(token)
+                .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, e).with_challenge())?;
+            check_grants(&claims, &room)?;
+            true
+        }
+        (None, true) => false,
+    };
+    Ok(upgrade.on_upgrade(move |socket| run(socket, state, room, authorized)))
+}
+
+/// A conference client may watch the room if it may publish or subscribe.
+fn check_grants(claims: &Claims, room: &str) -> Result<(), Problem> {
+    if !claims.covers_room(room) {
+        return Err(forbidden(format!(
+            "the token is not valid for room {room:?}"
+        )));
+    }
+    let g = &claims.grants;
+    if !(g.publish || g.subscribe || g.admin) {
+        return Err(forbidden("the token grants neither publish nor subscribe"));
+    }
+    Ok(())
+}
+
+async fn run(mut socket: WebSocket, state: AppState, room: String, authorized: bool) {
+    if !authorized && let Err(problem) = join(&mut socket, &state, &room).await {
+        let _ = close_with(&mut socket, &problem).await;
+        return;
+    }
+    let mut changes = state.control.room_changes();
+    let mut sent: Option<Vec<ParticipantInfo>> = None;
+    loop {
+        let Ok(participants) = state.control.participants(&room).await else {
+            return; // the media server is gone
+        };
+        if sent.as_ref() != Some(&participants) {
+            let text = json!({ "type": "participants", "participants": participants });
+            if socket
+                .send(Message::Text(text.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent = Some(participants);
+        }
+        // Wait for a change in this room (or a missed one), or the client.
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(changed) if *changed == *room => break,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+}
+
+/// Wait for `{"type": "join", "token": …}` and check the token.
+async fn join(socket: &mut WebSocket, state: &AppState, room: &str) -> Result<(), Problem> {
+    let unauthorized = |detail: &str| Problem::new(StatusCode::UNAUTHORIZED, detail);
+    let message = tokio::time::timeout(JOIN_TIMEOUT, socket.recv())
+        .await
+        .map_err(|_| unauthorized("no join message with a token within 10 s"))?;
+    let Some(Ok(Message::Text(text))) = message else {
+        return Err(unauthorized("the first message must be a join message"));
+    };
+    let ClientMessage::Join { token } = serde_json::from_str(&text).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "the first message must be {\"type\": \"join\", \"token\": \"…\"}",
+        )
+    })?;
+    let token = token.ok_or_else(|| unauthorized("the join message carries no token"))?;
+    let claims = state.auth.verify(&token).map_err(unauthorized)?;
+    check_grants(&claims, room)?;
+    debug!(room, identity = %claims.sub, "conference client joined");
+    Ok(())
+}
+
+/// Send an error message, then close with a code that names the status
+/// (4000 + the HTTP status, e.g. 4401).
+async fn close_with(socket: &mut WebSocket, problem: &Problem) -> Result<(), axum::Error> {
+    let status = problem.status;
+    let detail = problem.detail.clone();
+    let text = json!({ "type": "error", "status": status, "detail": detail });
+    socket.send(Message::Text(text.to_string().into())).await?;
+    socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 4000 + status,
+            reason: detail.into(),
+        })))
+        .await
+}

@@ -1,0 +1,230 @@
+//! Conferences: the WebSocket that says who publishes in a room, and WHEP
+//! viewers that follow one participant (`?participant=`), with str0m peers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sluice_http::auth::{Claims, Grants, mint, now_secs};
+use sluice_testkit::{Kind, Packet, Peer, PeerOptions};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_url(server: &TestServer, room: &str) -> String {
+    format!(
+        "{}/conference/{room}/ws",
+        server.url.replacen("http://", "ws://", 1)
+    )
+}
+
+/// The next JSON text message, within 5 s.
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// Names in a participants message, in order.
+fn names(message: &Value) -> Vec<String> {
+    assert_eq!(message["type"], "participants", "{message}");
+    message["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn publisher(server: &TestServer, room: &str, name: &str) -> PeerOptions {
+    PeerOptions {
+        participant: Some(name.into()),
+        ..PeerOptions::new(&server.url, room, true)
+    }
+}
+
+fn video(packets: &[Packet]) -> Vec<Vec<u8>> {
+    packets
+        .iter()
+        .filter(|p| p.kind == Kind::Video)
+        .map(|p| p.payload[4..].to_vec())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_tells_who_publishes_as_it_changes() {
+    let server = TestServer::start().await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&server, "meet"))
+        .await
+        .unwrap();
+    assert!(names(&next_json(&mut socket).await).is_empty());
+
+    let alice = Peer::start(publisher(&server, "meet", "alice"))
+        .await
+        .unwrap();
+    let first = next_json(&mut socket).await;
+    assert_eq!(names(&first), ["alice"]);
+    let p = &first["participants"][0];
+    assert_eq!((&p["audio"], &p["video"]), (&json!(true), &json!(true)));
+    // An unnamed publisher (an OBS) gets a made-up name.
+    let unnamed = Peer::start(PeerOptions::new(&server.url, "meet", true))
+        .await
+        .unwrap();
+    let both = names(&next_json(&mut socket).await);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both[1].starts_with('p'), "{both:?}");
+
+    assert_eq!(alice.delete().await.unwrap(), 200);
+    assert_eq!(names(&next_json(&mut socket).await), [both[1].clone()]);
+    assert_eq!(unnamed.delete().await.unwrap(), 200);
+    assert!(names(&next_json(&mut socket).await).is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tile_gets_its_participant_only() {
+    let server = TestServer::start().await;
+    let alice = Peer::start(publisher(&server, "tiles", "alice"))
+        .await
+        .unwrap();
+    let bob = Peer::start(publisher(&server, "tiles", "bob"))
+        .await
+        .unwrap();
+    let follow = |name: &str| PeerOptions {
+        participant: Some(name.into()),
+        ..PeerOptions::new(&server.url, "tiles", false)
+    };
+    let alice_tile = Peer::start(follow("alice")).await.unwrap();
+    let bob_tile = Peer::start(follow("bob")).await.unwrap();
+    let enough = |s: &sluice_testkit::peer::PeerState| {
+        s.received.iter().filter(|p| p.kind == Kind::Video).count() >= 60
+    };
+    assert!(alice_tile.wait_for(Duration::from_secs(10), enough).await);
+    assert!(bob_tile.wait_for(Duration::from_secs(10), enough).await);
+    // Every video payload a tile got (but for the rewritten VP8 picture
+    // id) is one its participant sent; the two publishers' payloads differ
+    // in their send stamps.
+    for (tile, own, other) in [(&alice_tile, &alice, &bob), (&bob_tile, &bob, &alice)] {
+        let got = video(&tile.with_state(|s| s.received.clone()));
+        let own = video(&own.with_state(|s| s.sent.clone()));
+        let other = video(&other.with_state(|s| s.sent.clone()));
+        assert!(
+            got.iter().all(|p| own.contains(p)),
+            "a tile shows its participant"
+        );
+        assert!(!got.iter().any(|p| other.contains(p)), "and nobody else");
+    }
+
+    // Alice leaves: her tile waits (it does not switch to bob).
+    assert_eq!(alice.delete().await.unwrap(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = alice_tile.with_state(|s| s.received.len());
+    let bob_before = bob_tile.with_state(|s| s.received.len());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(alice_tile.with_state(|s| s.received.len()), before);
+    assert!(bob_tile.with_state(|s| s.received.len()) > bob_before + 20);
+
+    for peer in [alice_tile, bob_tile, bob] {
+        assert_eq!(peer.delete().await.unwrap(), 200);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_wants_a_token_when_authentication_is_on() {
+    const SECRET: &str = "conference-secret";
+    let server = TestServer::start_with(|c| {
+        c.auth.add_keys(&format!("k1:{SECRET}")).unwrap();
+    })
+    .await;
+    let token = |room: &str, subscribe: bool| {
+        let claims = Claims {
+            iss: "k1".into(),
+            sub: "carol".into(),
+            exp: now_secs() + 600,
+            nbf: None,
+            grants: Grants {
+                room: room.into(),
+                publish: false,
+                subscribe,
+                admin: false,
+            },
+        };
+        mint(&claims, SECRET.as_bytes()).unwrap()
+    };
+    let url = ws_url(&server, "secure");
+    let status = |e: tokio_tungstenite::tungstenite::Error| match e {
+        tokio_tungstenite::tungstenite::Error::Http(response) => response.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    };
+
+    // In the query: checked before the upgrade.
+    let good = format!("{url}?token={}", token("secure", true));
+    let (mut socket, _) = tokio_tungstenite::connect_async(good).await.unwrap();
+    assert!(names(&next_json(&mut socket).await).is_empty());
+    let bad = format!("{url}?token=not-a-token");
+    assert_eq!(
+        status(tokio_tungstenite::connect_async(bad).await.unwrap_err()),
+        401
+    );
+    let other_room = format!("{url}?token={}", token("elsewhere", true));
+    assert_eq!(
+        status(
+            tokio_tungstenite::connect_async(other_room)
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let no_grant = format!("{url}?token={}", token("secure", false));
+    assert_eq!(
+        status(
+            tokio_tungstenite::connect_async(no_grant)
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+
+    // In the join message.
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let join = json!({ "type": "join", "token": token("secure", true) });
+    socket
+        .send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    assert!(names(&next_json(&mut socket).await).is_empty());
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let join = json!({ "type": "join", "token": "forged" });
+    socket
+        .send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    let error = next_json(&mut socket).await;
+    assert_eq!(
+        (&error["type"], &error["status"]),
+        (&json!("error"), &json!(401))
+    );
+    let close = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap();
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::from(4401));
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    server.stop().await;
+}
