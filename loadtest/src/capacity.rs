@@ -8,7 +8,7 @@ use sluice_testkit::Peer;
 
 use crate::report::{Spread, loss_pct};
 use crate::server;
-use crate::{Args, start_peer};
+use crate::{Args, Role, start_peer};
 
 /// A step fails above this loss, in percent.
 const MAX_LOSS_PCT: f64 = 0.5;
@@ -62,7 +62,7 @@ pub async fn find(args: &Args) -> Result<Capacity, String> {
     let mut publishers = Vec::new();
     for room in 0..args.rooms {
         for i in 0..args.publishers {
-            publishers.extend(start_peer(args, room, i, true).await?);
+            publishers.extend(start_peer(args, room, Role::Publish(i)).await?);
         }
     }
     let pid = args.server_pid.or_else(server::find_sluice);
@@ -73,7 +73,8 @@ pub async fn find(args: &Args) -> Result<Capacity, String> {
         let target = (subscribers.len() + args.step).min(args.max_subscribers);
         while subscribers.len() < target {
             let n = subscribers.len();
-            subscribers.extend(start_peer(args, n % args.rooms, n / args.rooms, false).await?);
+            let role = Role::Subscribe(n / args.rooms, None);
+            subscribers.extend(start_peer(args, n % args.rooms, role).await?);
             if subscribers.len() == n {
                 return Err(format!("subscriber {n} could not join"));
             }

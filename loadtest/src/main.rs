@@ -54,6 +54,11 @@ struct Args {
     /// 150/600/2000 kbit/s); viewers get the highest active one.
     #[arg(long)]
     simulcast: bool,
+    /// A meeting: every publisher of a room also watches every other one
+    /// (one WHEP session per participant, `?participant=`, on --layer);
+    /// --subscribers is ignored.
+    #[arg(long, conflicts_with = "find_capacity")]
+    meeting: bool,
     /// Publishers and subscribers offer audio only (Opus-sized packets,
     /// 50 per second, with the audio level extension).
     #[arg(long, conflicts_with = "simulcast")]
@@ -107,6 +112,16 @@ fn parse_seconds(text: &str) -> Result<u64, String> {
 }
 
 impl Args {
+    /// Subscribers per room: --subscribers, or in a meeting one per
+    /// ordered pair of participants.
+    fn subscribers_per_room(&self) -> usize {
+        if self.meeting {
+            self.publishers * self.publishers.saturating_sub(1)
+        } else {
+            self.subscribers
+        }
+    }
+
     fn room_name(&self, index: usize) -> String {
         if self.rooms == 1 {
             self.room.clone()
@@ -139,25 +154,46 @@ impl Args {
     }
 }
 
-/// Start one peer: publisher or the `index`-th subscriber of room `room`
-/// (the first `--probes` subscribers of a room decrypt everything).
-async fn start_peer(
-    args: &Args,
-    room: usize,
-    index: usize,
-    publish: bool,
-) -> Result<Option<Peer>, String> {
+/// What one peer of a room does.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// The `n`-th publisher.
+    Publish(usize),
+    /// The `n`-th subscriber, following the room or the `k`-th publisher.
+    Subscribe(usize, Option<usize>),
+}
+
+/// The participant name (and token identity) of a room's `n`-th publisher.
+fn publisher_name(room: usize, n: usize) -> String {
+    format!("load-{room}-p-{n}")
+}
+
+/// Start one peer of room `room` (the first `--probes` subscribers of a
+/// room decrypt everything).
+async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>, String> {
     let name = args.room_name(room);
+    let (publish, identity, participant, count_only) = match role {
+        Role::Publish(n) => (
+            true,
+            publisher_name(room, n),
+            Some(publisher_name(room, n)),
+            false,
+        ),
+        Role::Subscribe(n, follow) => (
+            false,
+            format!("load-{room}-s-{n}"),
+            follow.map(|k| publisher_name(room, k)),
+            n >= args.probes,
+        ),
+    };
     let options = PeerOptions {
-        token: args.token(
-            &name,
-            format!("load-{room}-{}-{index}", if publish { "p" } else { "s" }),
-        )?,
+        token: args.token(&name, identity)?,
         keep_packets: false,
         simulcast: args.simulcast,
-        count_only: !publish && index >= args.probes,
+        count_only,
         layer: Some(args.layer.clone()),
         audio_only: args.audio_only,
+        participant,
         ..PeerOptions::new(&args.url, &name, publish)
     };
     match Peer::start(options).await {
@@ -176,15 +212,21 @@ async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
         .ramp
         .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     for r in 0..args.rooms {
-        let roles = (0..args.publishers)
-            .map(|i| (i, true))
-            .chain((0..args.subscribers).map(|i| (i, false)));
-        for (i, publish) in roles {
-            if let Some(peer) = start_peer(args, r, i, publish).await? {
-                if publish {
-                    publishers.push(peer);
-                } else {
-                    subscribers.push(peer);
+        let mut roles: Vec<Role> = (0..args.publishers).map(Role::Publish).collect();
+        if args.meeting {
+            let pairs = (0..args.publishers)
+                .flat_map(|w| (0..args.publishers).filter(move |&k| k != w))
+                .enumerate()
+                .map(|(n, k)| Role::Subscribe(n, Some(k)));
+            roles.extend(pairs);
+        } else {
+            roles.extend((0..args.subscribers).map(|n| Role::Subscribe(n, None)));
+        }
+        for role in roles {
+            if let Some(peer) = start_peer(args, r, role).await? {
+                match role {
+                    Role::Publish(_) => publishers.push(peer),
+                    Role::Subscribe(..) => subscribers.push(peer),
                 }
             }
             if let Some(pause) = pause {
@@ -221,7 +263,7 @@ fn join_spread(peers: &[Peer], until: impl Fn(&PeerState) -> Option<Instant>) ->
 
 async fn run(args: Args) -> Result<bool, String> {
     let asked_publishers = args.rooms * args.publishers;
-    let asked_subscribers = args.rooms * args.subscribers;
+    let asked_subscribers = args.rooms * args.subscribers_per_room();
     let (publishers, subscribers) = start_peers(&args).await?;
     let everyone = || publishers.iter().chain(&subscribers);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -150,3 +150,46 @@ async fn the_capacity_search_steps_up_to_its_bound() {
 
     stop_server(stop, server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_has_everyone_watch_everyone_else() {
+    let (url, stop, server) = start_server().await;
+
+    let json = std::env::temp_dir().join(format!("sluice-meeting-{}.json", std::process::id()));
+    let run = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_sluice-loadtest"))
+                .args(["--url", &url, "--room", "meet", "--meeting"])
+                .args(["--publishers", "3", "--simulcast", "--layer", "q"])
+                // Every tile decrypts, so each reports its layers.
+                .args(["--probes", "6", "--duration", "2s"])
+                .arg("--json")
+                .arg(&json)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    // Three participants, each watching the two others: six tiles.
+    assert_eq!(report["subscribers"], 6, "{report}");
+    assert_eq!(report["connected"], 9, "{report}");
+    assert_eq!(report["loss_pct"], 0.0, "{report}");
+    let layers = &report["probe_layers"];
+    let q = layers["q"].as_u64().unwrap();
+    let others = layers["h"].as_u64().unwrap() + layers["f"].as_u64().unwrap();
+    assert!(
+        q > 100 && q > 10 * others,
+        "tiles get the low layer: {report}"
+    );
+
+    stop_server(stop, server).await;
+}
