@@ -115,25 +115,50 @@ impl Layers {
         !was_active
     }
 
-    /// The highest-quality layer that is active at `now`.
-    pub fn best_active(&self, now: Instant) -> Option<u8> {
-        (0..self.layers.len())
-            .filter(|&i| is_active(&self.layers[i], now))
-            .max_by_key(|&i| self.layers[i].rank)
+    /// The layer to forward at `now`: among the active layers that
+    /// `choice` allows, the best one whose measured bitrate fits in
+    /// `budget_bps` (the subscriber's share of its bandwidth estimate;
+    /// `None` is no limit). The `current` layer may use up to 1/8 more than
+    /// the budget, so an estimate hovering at a layer's rate does not make
+    /// the subscriber flap. When nothing fits, the lowest allowed layer;
+    /// when `choice` allows none, the lowest active one.
+    pub fn choose(
+        &self,
+        choice: LayerChoice,
+        budget_bps: Option<u64>,
+        current: Option<u8>,
+        now: Instant,
+    ) -> Option<u8> {
+        let max = match choice {
+            LayerChoice::Auto => u8::MAX,
+            LayerChoice::AtMost(max) => max,
+        };
+        let active = || (0..self.layers.len()).filter(|&i| is_active(&self.layers[i], now));
+        let allowed = || active().filter(|&i| self.layers[i].rank <= max);
+        let fits = |i: usize| {
+            budget_bps.is_none_or(|budget| {
+                let slack = if current == Some(i as u8) {
+                    budget / 8
+                } else {
+                    0
+                };
+                self.layers[i].bitrate_bps <= budget + slack
+            })
+        };
+        let rank = |&i: &usize| self.layers[i].rank;
+        allowed()
+            .filter(|&i| fits(i))
+            .max_by_key(rank)
+            .or_else(|| allowed().min_by_key(rank))
+            .or_else(|| active().min_by_key(rank))
             .map(|i| i as u8)
     }
 
-    /// The layer `choice` asks for among those active at `now`.
-    pub fn choose(&self, choice: LayerChoice, now: Instant) -> Option<u8> {
-        let LayerChoice::AtMost(max) = choice else {
-            return self.best_active(now);
-        };
-        let active = || (0..self.layers.len()).filter(|&i| is_active(&self.layers[i], now));
-        active()
-            .filter(|&i| self.layers[i].rank <= max)
-            .max_by_key(|&i| self.layers[i].rank)
-            .or_else(|| active().min_by_key(|&i| self.layers[i].rank))
-            .map(|i| i as u8)
+    /// The measured payload bitrate of `layer`, bits per second.
+    pub fn bitrate_bps(&self, layer: u8) -> u64 {
+        self.layers
+            .get(usize::from(layer))
+            .map_or(0, |l| l.bitrate_bps)
     }
 
     /// Each layer's rid, activity and bitrate at `now`.
@@ -184,18 +209,22 @@ mod tests {
         let t0 = Instant::now();
         let rids = ["f", "q", "h"].map(|r| Some(r.to_string()));
         let mut l = Layers::new(&rids);
-        assert_eq!(l.best_active(t0), None);
+        assert_eq!(l.choose(LayerChoice::Auto, None, None, t0), None);
         assert!(l.on_packet(1, 100, t0));
         assert!(!l.on_packet(1, 100, t0));
-        assert_eq!(l.best_active(t0), Some(1));
+        assert_eq!(l.choose(LayerChoice::Auto, None, None, t0), Some(1));
         l.on_packet(2, 100, t0);
-        assert_eq!(l.best_active(t0), Some(2));
+        assert_eq!(l.choose(LayerChoice::Auto, None, None, t0), Some(2));
         l.on_packet(0, 100, t0);
-        assert_eq!(l.best_active(t0), Some(0), "f ranks highest");
+        assert_eq!(
+            l.choose(LayerChoice::Auto, None, None, t0),
+            Some(0),
+            "f ranks highest"
+        );
         // Only q keeps sending: after the inactivity window it is the best.
         let t1 = t0 + Duration::from_secs(2);
         l.on_packet(1, 100, t1);
-        assert_eq!(l.best_active(t1), Some(1));
+        assert_eq!(l.choose(LayerChoice::Auto, None, None, t1), Some(1));
         assert!(!l.on_packet(7, 100, t1), "unknown layer index is ignored");
     }
 
@@ -205,29 +234,61 @@ mod tests {
         let rids = ["q", "h", "f"].map(|r| Some(r.to_string()));
         let mut l = Layers::new(&rids);
         let [auto, low, mid, high] = ["auto", "q", "MEDIUM", "f"].map(|n| n.parse().unwrap());
-        assert_eq!(l.choose(low, t0), None, "nothing active yet");
+        assert_eq!(l.choose(low, None, None, t0), None, "nothing active yet");
         for layer in 0..3 {
             l.on_packet(layer, 100, t0);
         }
-        assert_eq!(l.choose(auto, t0), Some(2));
-        assert_eq!(l.choose(low, t0), Some(0));
-        assert_eq!(l.choose(mid, t0), Some(1));
-        assert_eq!(l.choose(high, t0), Some(2));
+        assert_eq!(l.choose(auto, None, None, t0), Some(2));
+        assert_eq!(l.choose(low, None, None, t0), Some(0));
+        assert_eq!(l.choose(mid, None, None, t0), Some(1));
+        assert_eq!(l.choose(high, None, None, t0), Some(2));
         // Only f keeps sending: everyone gets f, the lowest that is left.
         let t1 = t0 + Duration::from_secs(2);
         l.on_packet(2, 100, t1);
-        assert_eq!(l.choose(low, t1), Some(2));
-        assert_eq!(l.choose(mid, t1), Some(2));
+        assert_eq!(l.choose(low, None, None, t1), Some(2));
+        assert_eq!(l.choose(mid, None, None, t1), Some(2));
         // A plain publication has one layer for every choice.
         let mut plain = Layers::new(&[None]);
         plain.on_packet(0, 100, t0);
-        assert_eq!(plain.choose(high, t0), Some(0));
-        assert_eq!(plain.choose(low, t0), Some(0));
+        assert_eq!(plain.choose(high, None, None, t0), Some(0));
+        assert_eq!(plain.choose(low, None, None, t0), Some(0));
         assert!(
             "x".parse::<LayerChoice>()
                 .unwrap_err()
                 .contains("unknown layer")
         );
+    }
+
+    #[test]
+    fn a_budget_caps_the_layer_by_its_measured_bitrate() {
+        let t0 = Instant::now();
+        let rids = ["q", "h", "f"].map(|r| Some(r.to_string()));
+        let mut l = Layers::new(&rids);
+        // One second of q at 150, h at 600 and f at 2000 kbit/s.
+        for ms in (0..=1000u64).step_by(20) {
+            let at = t0 + Duration::from_millis(ms);
+            for (layer, bytes) in [(0u8, 375usize), (1, 1500), (2, 5000)] {
+                l.on_packet(layer, bytes, at);
+            }
+        }
+        let now = t0 + Duration::from_millis(1000);
+        assert_eq!(l.bitrate_bps(2), 2_000_000);
+        let auto = LayerChoice::Auto;
+        assert_eq!(l.choose(auto, Some(5_000_000), None, now), Some(2));
+        assert_eq!(l.choose(auto, Some(1_000_000), None, now), Some(1));
+        assert_eq!(l.choose(auto, Some(300_000), None, now), Some(0));
+        assert_eq!(
+            l.choose(auto, Some(10_000), None, now),
+            Some(0),
+            "the floor"
+        );
+        // Slightly under f's rate: a viewer on f stays, one on h does not
+        // move up.
+        assert_eq!(l.choose(auto, Some(1_900_000), Some(2), now), Some(2));
+        assert_eq!(l.choose(auto, Some(1_900_000), Some(1), now), Some(1));
+        // A choice still caps a large budget.
+        let low = LayerChoice::AtMost(0);
+        assert_eq!(l.choose(low, Some(5_000_000), None, now), Some(0));
     }
 
     #[test]

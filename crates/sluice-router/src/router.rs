@@ -131,6 +131,8 @@ struct Subscription {
     follow: Follow,
     /// The layer this subscriber wants of simulcast publications.
     choice: LayerChoice,
+    /// Its share of its session's bandwidth estimate, bits per second.
+    budget_bps: Option<u64>,
     forwarder: Forwarder,
 }
 
@@ -371,7 +373,7 @@ impl Router {
             let location = match next.and_then(|n| Some((n, self.publications.get_mut(&n)?))) {
                 Some((next_id, next)) => {
                     sub.forwarder
-                        .set_target(Some(next.target_for(next_id, sub.choice)));
+                        .set_target(Some(next.target_for(next_id, &sub)));
                     next.subscriptions.push(sub);
                     Location::Feed(next_id)
                 }
@@ -417,13 +419,14 @@ impl Router {
             kind,
             follow,
             choice: LayerChoice::Auto,
+            budget_bps: None,
             forwarder,
         };
         let location = match source.and_then(|f| self.publications.get_mut(&f)) {
             Some(publication) => {
                 let id = source.unwrap_or(PublicationId(0));
                 sub.forwarder
-                    .set_target(Some(publication.target_for(id, sub.choice)));
+                    .set_target(Some(publication.target_for(id, &sub)));
                 publication.subscriptions.push(sub);
                 Location::Feed(id)
             }
@@ -454,14 +457,11 @@ impl Router {
                 let Some(p) = self.publications.get_mut(&id) else {
                     return false;
                 };
-                let target = p.target_for(id, choice);
-                let Some(sub) = p.subscriptions.iter_mut().find(mine) else {
+                let Some(index) = p.subscriptions.iter_mut().position(|s| mine(&s)) else {
                     return false;
                 };
-                sub.choice = choice;
-                if sub.forwarder.target() != Some(target) {
-                    sub.forwarder.set_target(Some(target));
-                }
+                p.subscriptions[index].choice = choice;
+                p.retarget_one(id, index);
             }
             Location::Parked => {
                 let Some(sub) = self
@@ -475,6 +475,43 @@ impl Router {
             }
         }
         true
+    }
+
+    /// Give a subscription its share of its session's bandwidth estimate
+    /// (`None`: unlimited); in automatic mode it then gets the best layer
+    /// that fits. Returns the bitrate it would like for its preferred layer
+    /// (what the estimator should probe for), if it follows a publication.
+    pub fn set_budget(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+        budget_bps: Option<u64>,
+    ) -> Option<u64> {
+        let (room, location) = self.subscriptions.get(&(session, track))?;
+        let id = match *location {
+            Location::Feed(id) => id,
+            Location::Parked => {
+                let room = self.rooms.get_mut(room)?;
+                let sub = room
+                    .parked
+                    .iter_mut()
+                    .find(|s| s.session == session && s.track == track)?;
+                sub.budget_bps = budget_bps;
+                return None;
+            }
+        };
+        let p = self.publications.get_mut(&id)?;
+        let index = p
+            .subscriptions
+            .iter()
+            .position(|s| s.session == session && s.track == track)?;
+        p.subscriptions[index].budget_bps = budget_bps;
+        p.retarget_one(id, index);
+        let now = p.layers_checked?;
+        let preferred = p
+            .layers
+            .choose(p.subscriptions[index].choice, None, None, now)?;
+        Some(p.layers.bitrate_bps(preferred))
     }
 
     /// Remove one subscription.
@@ -622,30 +659,45 @@ impl Publication {
         }
     }
 
-    /// Aim every subscription at the active layer it chose. A subscription
-    /// keeps its target while no layer is active.
+    /// Aim every subscription at the layer its choice and budget allow.
     fn retarget(&mut self, id: PublicationId, now: Instant) {
         self.layers_checked = Some(now);
-        for sub in &mut self.subscriptions {
-            let Some(layer) = self.layers.choose(sub.choice, now) else {
-                continue;
-            };
-            let target = Some(SourceKey {
-                publication: id,
-                layer,
-            });
-            if sub.forwarder.target() != target {
-                sub.forwarder.set_target(target);
-            }
+        for index in 0..self.subscriptions.len() {
+            self.retarget_one(id, index);
         }
     }
 
-    /// Where a subscription that chose `choice` should aim now: its layer
+    /// Aim subscription `index` at the layer its choice and budget allow
+    /// among the layers active at the last check. It keeps its target
+    /// while no layer is active.
+    fn retarget_one(&mut self, id: PublicationId, index: usize) {
+        let Some(now) = self.layers_checked else {
+            return;
+        };
+        let sub = &mut self.subscriptions[index];
+        let current = sub
+            .forwarder
+            .target()
+            .filter(|t| t.publication == id)
+            .map(|t| t.layer);
+        let Some(layer) = self.layers.choose(sub.choice, sub.budget_bps, current, now) else {
+            return;
+        };
+        let target = Some(SourceKey {
+            publication: id,
+            layer,
+        });
+        if sub.forwarder.target() != target {
+            sub.forwarder.set_target(target);
+        }
+    }
+
+    /// Where `sub`, arriving at this publication, should aim: its layer
     /// among those active at the last check, or layer 0 before any packet.
-    fn target_for(&self, id: PublicationId, choice: LayerChoice) -> SourceKey {
+    fn target_for(&self, id: PublicationId, sub: &Subscription) -> SourceKey {
         let layer = self
             .layers_checked
-            .and_then(|now| self.layers.choose(choice, now))
+            .and_then(|now| self.layers.choose(sub.choice, sub.budget_bps, None, now))
             .unwrap_or(0);
         SourceKey {
             publication: id,
@@ -964,5 +1016,46 @@ mod tests {
         assert!(send(&mut r, b).is_empty());
         r.unpublish(b);
         assert_eq!(r.subscriber_count(a2), 2);
+    }
+
+    #[test]
+    fn a_bandwidth_budget_picks_the_best_layer_that_fits() {
+        let t0 = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let rids = ["q", "h", "f"].map(|s| Some(s.to_string()));
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &rids);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 5);
+        let mut out = Vec::new();
+        let mut seq = 0;
+        // Keyframes on every layer, 50 per second for 1.5 s: q about 40,
+        // h about 400, f about 2000 kbit/s.
+        let mut run = |r: &mut Router, from_ms: u64, to_ms: u64| {
+            for ms in (from_ms..to_ms).step_by(20) {
+                seq += 1;
+                for (layer, size) in [(0u8, 100usize), (1, 1000), (2, 5000)] {
+                    let m = PacketMeta {
+                        size,
+                        ..meta(seq, 0, true, t0 + Duration::from_millis(ms))
+                    };
+                    r.on_packet(a, layer, &m, &mut out);
+                }
+            }
+        };
+        run(&mut r, 0, 1500);
+        let layer = |r: &Router| {
+            let p = r.publications.get(&a).unwrap();
+            p.subscriptions[0].forwarder.current().map(|c| c.layer)
+        };
+        assert_eq!(layer(&r), Some(2), "no budget: the best layer");
+        // A 1 Mbit/s estimate: h. The viewer would like f's 2 Mbit/s.
+        let wanted = r.set_budget(VIEWER, VIDEO, Some(1_000_000)).unwrap();
+        assert!((1_900_000..2_100_000).contains(&wanted), "{wanted}");
+        run(&mut r, 1500, 1600);
+        assert_eq!(layer(&r), Some(1));
+        // The estimate grows past f's rate: back to f.
+        r.set_budget(VIEWER, VIDEO, Some(3_000_000));
+        run(&mut r, 1600, 1700);
+        assert_eq!(layer(&r), Some(2));
+        assert_eq!(r.set_budget(SessionId(99), VIDEO, None), None);
     }
 }

@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub consent_timeout: Duration,
     /// At most one keyframe request per publication layer per interval.
     pub keyframe_interval: Duration,
+    /// Where viewers' bandwidth estimates start (bits per second); `None`
+    /// turns estimation off.
+    pub viewer_bwe_initial_bps: Option<u64>,
     /// Capacity limits.
     pub limits: Limits,
 }
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             public_ip: None,
             consent_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(200),
+            viewer_bwe_initial_bps: None,
             limits: Limits::default(),
         }
     }

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Seconds a receive batch spends in the server before its last
     /// forwarded packet is sent.
     pub forward_delay_seconds: Histogram,
+    /// Viewers' bandwidth estimates, bits per second.
+    pub bandwidth_estimate: Histogram,
     /// HTTP requests by route, method and status.
     pub http_requests: IntCounterVec,
     /// Process CPU time (user + system), seconds.
@@ -169,6 +171,14 @@ impl Metrics {
                 "join_seconds",
                 "Seconds from a session's POST until ICE and DTLS are up",
                 &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            bandwidth_estimate: histogram(
+                "bandwidth_estimate_bps",
+                "Bandwidth estimates of viewers' paths (TWCC or REMB), bits per second, \
+                 one observation per change",
+                &[
+                    100e3, 250e3, 500e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6, 50e6,
+                ],
             ),
             forward_delay_seconds: histogram(
                 "forward_delay_seconds",

@@ -30,6 +30,9 @@ use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
 use crate::outbox::Outbox;
 
+/// Bandwidth kept for each audio track of a viewer before video gets the
+/// rest of its estimate (Opus at its usual rates, with headers).
+const AUDIO_SHARE_BPS: u64 = 64_000;
 /// Largest datagram read from the socket.
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read per wake-up before timers and commands get a turn.
@@ -59,6 +62,8 @@ struct Entry {
     tracks: Vec<Mid>,
     /// The earliest wake-up of this session in the timer heap.
     next_timeout: Option<Instant>,
+    /// The viewer's last bandwidth estimate, bits per second.
+    estimate_bps: Option<u64>,
     /// Whether the session is in the shard's ready list.
     ready: bool,
     /// When the offer arrived, until the session connects.
@@ -109,6 +114,7 @@ impl Shard {
             session_config: SessionConfig {
                 candidates: vec![candidate],
                 consent_timeout: config.consent_timeout,
+                viewer_bwe_initial_bps: config.viewer_bwe_initial_bps,
             },
             router: Router::new(RouterConfig {
                 keyframe_interval: config.keyframe_interval,
@@ -365,6 +371,7 @@ impl Shard {
                         .on_keyframe_request(id, TrackId(track as u32), now);
                 }
             }
+            SessionEvent::BandwidthEstimate { bps } => self.on_estimate(id, bps),
             SessionEvent::Nacks { received, sent } => {
                 let nacks = &self.metrics.nacks;
                 nacks.with_label_values(&["from_viewers"]).inc_by(received);
@@ -372,6 +379,55 @@ impl Shard {
             }
             SessionEvent::Closed(reason) => self.remove(id, reason),
         }
+    }
+
+    /// A viewer's bandwidth estimate changed: audio keeps its share, video
+    /// gets the rest (split evenly when there is more than one video
+    /// track), and the estimator is told what the viewer would like.
+    fn on_estimate(&mut self, id: SessionId, bps: u64) {
+        self.metrics.bandwidth_estimate.observe(bps as f64);
+        if let Some(entry) = self.sessions.get_mut(&id) {
+            entry.estimate_bps = Some(bps);
+        }
+        self.allocate(id);
+    }
+
+    /// Split viewer `id`'s last bandwidth estimate over its tracks, and
+    /// tell its estimator what to probe for.
+    fn allocate(&mut self, id: SessionId) {
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(bps) = entry.estimate_bps else {
+            return;
+        };
+        let tracks = entry.session.send_tracks();
+        let videos = tracks
+            .iter()
+            .filter(|(_, k)| *k == sluice_session::MediaKind::Video)
+            .count() as u64;
+        let audios = tracks.len() as u64 - videos;
+        if videos == 0 {
+            return;
+        }
+        let share = bps.saturating_sub(audios * AUDIO_SHARE_BPS) / videos;
+        // Until a layer's bitrate is measured, ask for the starting estimate.
+        let unknown = self.session_config.viewer_bwe_initial_bps.unwrap_or(0);
+        let mut video = 0;
+        for (index, (_, kind)) in tracks.iter().enumerate() {
+            if *kind == sluice_session::MediaKind::Video {
+                video += self
+                    .router
+                    .set_budget(id, TrackId(index as u32), Some(share))
+                    .filter(|bps| *bps > 0)
+                    .unwrap_or(unknown);
+            }
+        }
+        // The estimator follows what it is asked to probe for, so ask for
+        // the preferred layers with headroom for keyframes.
+        let desired = audios * AUDIO_SHARE_BPS + video * 3 / 2;
+        entry.session.set_desired_bitrate(desired);
+        self.drive(id);
     }
 
     /// Fan one publisher packet out to its viewers.
@@ -655,6 +711,7 @@ impl Shard {
                     .set_layer_choice(id, TrackId(index as u32), choice);
             }
         }
+        self.allocate(id);
         debug!(session = id.0, ?choice, "layer chosen");
         Ok(())
     }
@@ -747,6 +804,14 @@ impl Shard {
                 let track = TrackId(index as u32);
                 self.router
                     .subscribe(&room, id, track, kind, follow.clone(), forwarder);
+                if kind == MediaKind::Video
+                    && let Some(initial) = self.session_config.viewer_bwe_initial_bps
+                {
+                    // Start on a layer the first estimate carries, rather
+                    // than flooding the estimator before it has spoken.
+                    let share = initial.saturating_sub(AUDIO_SHARE_BPS);
+                    self.router.set_budget(id, track, Some(share));
+                }
                 tracks.push(mid);
             }
         }
@@ -787,6 +852,7 @@ impl Shard {
                 tracks,
                 next_timeout: None,
                 ready: false,
+                estimate_bps: None,
                 joining_since: Some(now),
             },
         );

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{MediaKind, Mid};
@@ -25,6 +26,10 @@ pub struct SessionConfig {
     pub candidates: Vec<SocketAddr>,
     /// A peer silent for this long (no ICE consent, no media) is gone.
     pub consent_timeout: Duration,
+    /// Run a bandwidth estimator (TWCC, or REMB when that is all the peer
+    /// sends) for viewers, starting from this many bits per second; `None`
+    /// turns it off.
+    pub viewer_bwe_initial_bps: Option<u64>,
 }
 
 /// Why an offer was refused. The text is meant for the HTTP client.
@@ -51,13 +56,23 @@ impl fmt::Display for NegotiateError {
 
 impl std::error::Error for NegotiateError {}
 
-/// Build an RTP-mode, ICE-lite [`Rtc`] with the server's candidates.
-pub(crate) fn new_rtc(config: &SessionConfig, now: Instant) -> Result<Rtc, NegotiateError> {
+/// Build an RTP-mode, ICE-lite [`Rtc`] with the server's candidates (and
+/// a bandwidth estimator for viewers, when configured).
+pub(crate) fn new_rtc(
+    config: &SessionConfig,
+    role: Role,
+    now: Instant,
+) -> Result<Rtc, NegotiateError> {
+    let bwe = match role {
+        Role::Viewer => config.viewer_bwe_initial_bps.map(Bitrate::bps),
+        Role::Publisher => None,
+    };
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         // Once a second: NACK counts for the metrics.
         .set_stats_interval(Some(Duration::from_secs(1)))
+        .enable_bwe(bwe)
         .build(now);
     for addr in &config.candidates {
         let candidate = Candidate::host(*addr, "udp")

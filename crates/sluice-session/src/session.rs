@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
@@ -83,6 +84,12 @@ pub enum SessionEvent {
         /// The media section of the outgoing track.
         mid: Mid,
     },
+    /// The bandwidth estimator's view of the path to the peer (viewers
+    /// with estimation on).
+    BandwidthEstimate {
+        /// Bits per second the path is estimated to carry.
+        bps: u64,
+    },
     /// NACKs since the last report: received from the peer (it lost
     /// packets we sent) and sent to it (we lost packets it sent).
     Nacks {
@@ -157,7 +164,7 @@ impl Session {
         codecs: &[PayloadParams],
         now: Instant,
     ) -> Result<(Session, String), NegotiateError> {
-        let mut rtc = negotiate::new_rtc(config, now)?;
+        let mut rtc = negotiate::new_rtc(config, role, now)?;
         let (answer, offered) = negotiate::accept_offer(&mut rtc, offer)?;
         let mut session = Session {
             rtc,
@@ -434,6 +441,11 @@ impl Session {
             }
             Event::RtpPacket(packet) => self.on_rtp(packet),
             Event::KeyframeRequest(req) => Some(SessionEvent::KeyframeRequest { mid: req.mid }),
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => Some(SessionEvent::BandwidthEstimate {
+                bps: estimate.as_u64(),
+            }),
             Event::MediaEgressStats(s) => {
                 let received = self.nack_delta(s.mid, s.rid, true, s.nacks);
                 (received > 0).then_some(SessionEvent::Nacks { received, sent: 0 })
@@ -504,6 +516,13 @@ impl Session {
             vp8,
             packet,
         }))
+    }
+
+    /// Tell the bandwidth estimator how much this viewer would like to
+    /// receive, so it probes the path for that much (no effect with
+    /// estimation off).
+    pub fn set_desired_bitrate(&mut self, bps: u64) {
+        self.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(bps));
     }
 
     /// Ask the peer for a keyframe on `mid`'s layer `layer`.

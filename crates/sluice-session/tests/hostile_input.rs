@@ -15,6 +15,7 @@ fn config() -> SessionConfig {
     SessionConfig {
         candidates: vec!["127.0.0.1:5000".parse().unwrap()],
         consent_timeout: Duration::from_secs(30),
+        viewer_bwe_initial_bps: Some(1_000_000),
     }
 }
 

@@ -1,10 +1,13 @@
 //! A UDP relay between a test peer and the server that drops media packets
-//! on purpose, so loss recovery (NACK and retransmission) can be tested
-//! end to end without kernel network emulation.
+//! on purpose, or squeezes them through a narrow link, so loss recovery
+//! (NACK and retransmission) and bandwidth estimation can be tested end to
+//! end without kernel network emulation.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -16,6 +19,36 @@ pub struct Loss {
     pub to_server_every: Option<u64>,
     /// Drop every n-th video-sized RTP packet going to the peer.
     pub to_peer_every: Option<u64>,
+    /// Carry at most this many kbit/s to the peer: a bottleneck link whose
+    /// queue holds [`BOTTLENECK_QUEUE`] of data; what does not fit is
+    /// dropped.
+    pub to_peer_kbps: Option<u64>,
+}
+
+/// How long the bottleneck's queue is (drop-tail beyond it).
+pub const BOTTLENECK_QUEUE: Duration = Duration::from_millis(100);
+
+/// A link of limited rate in front of the peer.
+struct Bottleneck {
+    kbps: u64,
+    /// When the link is free again.
+    free_at: Instant,
+    /// Datagrams waiting, with when they leave.
+    queue: VecDeque<(Instant, Vec<u8>)>,
+}
+
+impl Bottleneck {
+    /// Queue `datagram`; returns `false` when the queue is full.
+    fn admit(&mut self, datagram: &[u8], now: Instant) -> bool {
+        let start = self.free_at.max(now);
+        if start.saturating_duration_since(now) > BOTTLENECK_QUEUE {
+            return false;
+        }
+        let bits = datagram.len() as u64 * 8;
+        self.free_at = start + Duration::from_micros(bits * 1000 / self.kbps.max(1));
+        self.queue.push_back((self.free_at, datagram.to_vec()));
+        true
+    }
 }
 
 /// SRTP packets at least this large are video (the synthetic audio packets
@@ -49,8 +82,27 @@ impl LossyRelay {
             let mut peer = None;
             let (mut up, mut down) = (0u64, 0u64);
             let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
+            let mut link = loss.to_peer_kbps.map(|kbps| Bottleneck {
+                kbps,
+                free_at: Instant::now(),
+                queue: VecDeque::new(),
+            });
             loop {
+                let due = link
+                    .as_ref()
+                    .and_then(|l| l.queue.front().map(|(at, _)| *at));
                 tokio::select! {
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                        let (Some(link), Some(peer)) = (link.as_mut(), peer) else { continue };
+                        let now = Instant::now();
+                        while let Some((at, datagram)) = link.queue.front() {
+                            if *at > now {
+                                break;
+                            }
+                            let _ = front.send_to(datagram, peer).await;
+                            link.queue.pop_front();
+                        }
+                    }
                     Ok((n, from)) = front.recv_from(&mut a) => {
                         peer = Some(from);
                         if drops(&a[..n], &mut up, loss.to_server_every) {
@@ -63,6 +115,10 @@ impl LossyRelay {
                         let Some(peer) = peer else { continue };
                         if drops(&b[..n], &mut down, loss.to_peer_every) {
                             counter.fetch_add(1, Ordering::Relaxed);
+                        } else if let Some(link) = link.as_mut() {
+                            if !link.admit(&b[..n], Instant::now()) {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            }
                         } else {
                             let _ = front.send_to(&b[..n], peer).await;
                         }
@@ -127,6 +183,28 @@ mod tests {
         assert_eq!(server, "127.0.0.1:50000".parse().unwrap());
         let relayed = redirect_candidate(sdp, server, "127.0.0.1:6000".parse().unwrap());
         assert!(relayed.contains(" 127.0.0.1 6000 typ host"));
+    }
+
+    #[test]
+    fn a_bottleneck_spaces_datagrams_and_drops_beyond_its_queue() {
+        let t0 = Instant::now();
+        // 800 kbit/s: a 1000-byte datagram takes 10 ms on the link.
+        let mut link = Bottleneck {
+            kbps: 800,
+            free_at: t0,
+            queue: VecDeque::new(),
+        };
+        let admitted = (0..20).filter(|_| link.admit(&[0u8; 1000], t0)).count();
+        assert_eq!(
+            admitted, 11,
+            "100 ms of queue: ten waiting plus one leaving"
+        );
+        let times: Vec<u128> = link
+            .queue
+            .iter()
+            .map(|(at, _)| at.duration_since(t0).as_millis())
+            .collect();
+        assert_eq!(times[..3], [10, 20, 30]);
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub struct MediaConfig {
     pub consent_timeout_secs: u64,
     /// Minimum milliseconds between keyframe requests per layer.
     pub keyframe_interval_ms: u64,
+    /// Where a viewer's bandwidth estimate starts, kbit/s; 0 (the default)
+    /// leaves bandwidth estimation, and the layer choice it drives, off.
+    pub viewer_start_bitrate_kbps: u64,
 }
 
 /// `[log]` section.
@@ -234,6 +237,7 @@ impl Default for MediaConfig {
             public_ip: None,
             consent_timeout_secs: 30,
             keyframe_interval_ms: 200,
+            viewer_start_bitrate_kbps: 0,
         }
     }
 }
@@ -292,6 +296,8 @@ impl Config {
             public_ip: self.media.public_ip,
             consent_timeout: Duration::from_secs(self.media.consent_timeout_secs),
             keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
+            viewer_bwe_initial_bps: (self.media.viewer_start_bitrate_kbps > 0)
+                .then(|| self.media.viewer_start_bitrate_kbps * 1000),
             limits: sluice_server::Limits {
                 max_rooms: self.limits.max_rooms,
                 max_sessions_per_room: self.limits.max_sessions_per_room,

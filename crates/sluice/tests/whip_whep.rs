@@ -137,9 +137,11 @@ async fn simulcast_viewers_get_the_top_layer_without_gaps() {
     let viewer = Peer::start(options(&server.url, "layers", false))
         .await
         .unwrap();
+    // It starts on what the first bandwidth estimate carries and moves up
+    // as the estimate grows.
     assert!(
         viewer
-            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 400)
+            .wait_for(Duration::from_secs(15), |s| s.video_layers[3] >= 150)
             .await
     );
     let video = of_kind(&viewer.with_state(|s| s.received.clone()), Kind::Video);
@@ -182,6 +184,11 @@ async fn layers_of_next(peer: &Peer, count: u64) -> [u64; 4] {
     std::array::from_fn(|i| after[i] - before[i])
 }
 
+/// Whether `layers` (packets per layer tag) came from layer `tag` only.
+fn only_layer(layers: [u64; 4], tag: usize) -> bool {
+    layers[tag] > 0 && (0..4).all(|t| t == tag || layers[t] == 0)
+}
+
 /// Let a viewer's layer change take effect (it waits for a keyframe of
 /// the new layer), then return what it receives.
 async fn settled_layers(peer: &Peer) -> [u64; 4] {
@@ -207,23 +214,29 @@ async fn viewers_choose_their_simulcast_layer() {
     let auto = Peer::start(options(&server.url, "choice", false))
         .await
         .unwrap();
-    let only = |layers: [u64; 4], tag: usize| {
-        layers[tag] > 0 && (0..4).all(|t| t == tag || layers[t] == 0)
-    };
     let l = settled_layers(&low).await;
-    assert!(only(l, 1), "?layer=q gets q only: {l:?}");
+    assert!(only_layer(l, 1), "?layer=q gets q only: {l:?}");
     let a = settled_layers(&auto).await;
-    assert!(only(a, 3), "the default gets f only: {a:?}");
+    assert!(only_layer(a, 3), "the default gets f only: {a:?}");
 
     // Switch at run time through the layer resource, then back to auto.
     assert_eq!(low.choose_layer(Some("h")).await.unwrap(), 204);
     let l = settled_layers(&low).await;
-    assert!(only(l, 2), "after choosing h: {l:?}");
+    assert!(only_layer(l, 2), "after choosing h: {l:?}");
     assert_eq!(low.choose_layer(None).await.unwrap(), 204);
+    // Back on automatic, the viewer's bandwidth estimate has to grow from
+    // h's rate to f's (the estimator probes for it) before it moves up.
+    let f_before = low.with_state(|s| s.video_layers[3]);
+    assert!(
+        low.wait_for(Duration::from_secs(15), |s| s.video_layers[3]
+            > f_before + 30)
+            .await,
+        "f arrives again"
+    );
     let l = settled_layers(&low).await;
-    assert!(only(l, 3), "after going back to auto: {l:?}");
+    assert!(only_layer(l, 3), "after going back to auto: {l:?}");
     let a = settled_layers(&auto).await;
-    assert!(only(a, 3), "the other viewer never moved: {a:?}");
+    assert!(only_layer(a, 3), "the other viewer never moved: {a:?}");
 
     // Errors: an unknown layer, a publisher's resource.
     assert_eq!(low.choose_layer(Some("x")).await.unwrap(), 400);
@@ -250,6 +263,55 @@ async fn viewers_choose_their_simulcast_layer() {
     );
 
     for peer in [low, auto, publisher] {
+        assert_eq!(peer.delete().await.unwrap(), 200);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_a_narrow_link_gets_a_layer_that_fits() {
+    let server = TestServer::start_with(|c| c.media.viewer_start_bitrate_kbps = 1000).await;
+    let publisher = Peer::start(PeerOptions {
+        simulcast: true,
+        ..options(&server.url, "narrow", true)
+    })
+    .await
+    .unwrap();
+    // 400 kbit/s to this viewer: only q (about 150 kbit/s) fits. Viewers
+    // start on h (what the starting estimate of 1 Mbit/s carries): this one
+    // must move down, the other one up to f.
+    let narrow = Peer::start(PeerOptions {
+        loss: Some(Loss {
+            to_peer_kbps: Some(400),
+            ..Loss::default()
+        }),
+        ..options(&server.url, "narrow", false)
+    })
+    .await
+    .unwrap();
+    let wide = Peer::start(options(&server.url, "narrow", false))
+        .await
+        .unwrap();
+    // Give the estimators a few seconds, then look at what arrives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = settled_layers(&narrow).await;
+    assert!(only_layer(n, 1), "the narrow viewer gets q: {n:?}");
+    let w = settled_layers(&wide).await;
+    assert!(only_layer(w, 3), "the wide viewer gets f: {w:?}");
+    // The estimates are in the metrics.
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_bandwidth_estimate_bps_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(count > 0, "bandwidth estimates observed");
+    for peer in [narrow, wide, publisher] {
         assert_eq!(peer.delete().await.unwrap(), 200);
     }
     server.stop().await;
