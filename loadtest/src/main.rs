@@ -285,7 +285,8 @@ async fn run(args: Args) -> Result<bool, String> {
             .map(|p| p.with_state(|s| s.rx[0].packets + s.rx[1].packets))
             .sum();
         eprint!(
-            "\r[{second:>4}/{}s] connected {connected}/{}  packets received {received}   ",
+            "\r{} {second:>4}/{}s  connected {connected}/{}  packets received {received}   ",
+            progress_bar(second, args.duration),
             args.duration,
             asked_publishers + asked_subscribers
         );
@@ -356,6 +357,20 @@ async fn run(args: Args) -> Result<bool, String> {
         std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report.connected == asked_publishers + asked_subscribers)
+}
+
+/// `[#####...............]`: `done` of `total`, 20 characters wide.
+fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 20;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH) as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled)
+    )
 }
 
 fn print_summary(r: &Report) {
@@ -433,5 +448,18 @@ async fn main() -> ExitCode {
             eprintln!("sluice-loadtest: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn the_progress_bar_fills_with_time() {
+        assert_eq!(progress_bar(0, 10), "[....................]");
+        assert_eq!(progress_bar(5, 20), "[#####...............]");
+        assert_eq!(progress_bar(10, 10), "[####################]");
+        assert_eq!(progress_bar(3, 0), "[####################]");
     }
 }

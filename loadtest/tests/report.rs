@@ -28,35 +28,15 @@ async fn stop_server(stop: mpsc::Sender<()>, server: JoinHandle<std::io::Result<
     let _ = server.await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_reports_everyone_connected_and_no_loss() {
-    let (url, stop, server) = start_server().await;
-
-    let json = std::env::temp_dir().join(format!("sluice-loadtest-{}.json", std::process::id()));
+/// Run `sluice-loadtest` with `args` and `--json`; it must succeed.
+/// Returns its summary (stdout) and JSON report.
+async fn run_tester(name: &str, args: Vec<String>) -> (String, Value) {
+    let json = std::env::temp_dir().join(format!("sluice-{name}-{}.json", std::process::id()));
     let run = tokio::task::spawn_blocking({
         let json = json.clone();
         move || {
             Command::new(env!("CARGO_BIN_EXE_sluice-loadtest"))
-                .args([
-                    "--url",
-                    &url,
-                    "--room",
-                    "lt",
-                    "--publishers",
-                    "1",
-                    "--subscribers",
-                    "3",
-                ])
-                // One probe decrypts; two count from the RTP headers.
-                .args(["--probes", "1"])
-                // Simulcast, every subscriber asking for the middle layer.
-                .args(["--simulcast", "--layer", "h"])
-                .args([
-                    "--duration",
-                    "3s",
-                    "--server-pid",
-                    &std::process::id().to_string(),
-                ])
+                .args(args)
                 .arg("--json")
                 .arg(&json)
                 .output()
@@ -70,11 +50,47 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let summary = String::from_utf8_lossy(&run.stdout).to_string();
-    assert!(summary.contains("latency"), "{summary}");
-
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
+    (String::from_utf8_lossy(&run.stdout).to_string(), report)
+}
+
+/// `["--a", "b"]` as owned arguments.
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|a| a.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_reports_everyone_connected_and_no_loss() {
+    let (url, stop, server) = start_server().await;
+
+    let pid = std::process::id().to_string();
+    let (summary, report) = run_tester(
+        "loadtest",
+        args(&[
+            "--url",
+            &url,
+            "--room",
+            "lt",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "3",
+            // One probe decrypts; two count from the RTP headers.
+            "--probes",
+            "1",
+            // Simulcast, every subscriber asking for the middle layer.
+            "--simulcast",
+            "--layer",
+            "h",
+            "--duration",
+            "3s",
+            "--server-pid",
+            &pid,
+        ]),
+    )
+    .await;
+    assert!(summary.contains("latency"), "{summary}");
     assert_eq!(report["publishers"], 1);
     assert_eq!(report["subscribers"], 3);
     assert_eq!(report["connected"], 4, "{report}");
@@ -115,29 +131,26 @@ async fn a_short_run_reports_everyone_connected_and_no_loss() {
 async fn the_capacity_search_steps_up_to_its_bound() {
     let (url, stop, server) = start_server().await;
 
-    let json = std::env::temp_dir().join(format!("sluice-capacity-{}.json", std::process::id()));
-    let run = tokio::task::spawn_blocking({
-        let json = json.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_sluice-loadtest"))
-                .args(["--url", &url, "--room", "cap", "--find-capacity"])
-                .args(["--step", "2", "--max-subscribers", "4", "--duration", "1s"])
-                .args(["--server-pid", &std::process::id().to_string()])
-                .arg("--json")
-                .arg(&json)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let pid = std::process::id().to_string();
+    let (_, report) = run_tester(
+        "capacity",
+        args(&[
+            "--url",
+            &url,
+            "--room",
+            "cap",
+            "--find-capacity",
+            "--step",
+            "2",
+            "--max-subscribers",
+            "4",
+            "--duration",
+            "1s",
+            "--server-pid",
+            &pid,
+        ]),
+    )
+    .await;
     let steps = report["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2, "{report}");
     assert!(
@@ -155,30 +168,27 @@ async fn the_capacity_search_steps_up_to_its_bound() {
 async fn a_meeting_has_everyone_watch_everyone_else() {
     let (url, stop, server) = start_server().await;
 
-    let json = std::env::temp_dir().join(format!("sluice-meeting-{}.json", std::process::id()));
-    let run = tokio::task::spawn_blocking({
-        let json = json.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_sluice-loadtest"))
-                .args(["--url", &url, "--room", "meet", "--meeting"])
-                .args(["--publishers", "3", "--simulcast", "--layer", "q"])
-                // Every tile decrypts, so each reports its layers.
-                .args(["--probes", "6", "--duration", "3s"])
-                .arg("--json")
-                .arg(&json)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let (_, report) = run_tester(
+        "meeting",
+        args(&[
+            "--url",
+            &url,
+            "--room",
+            "meet",
+            "--meeting",
+            "--publishers",
+            "3",
+            "--simulcast",
+            "--layer",
+            "q",
+            // Every tile decrypts, so each reports its layers.
+            "--probes",
+            "6",
+            "--duration",
+            "3s",
+        ]),
+    )
+    .await;
     // Three participants, each watching the two others: six tiles.
     assert_eq!(report["subscribers"], 6, "{report}");
     assert_eq!(report["connected"], 9, "{report}");

@@ -128,6 +128,13 @@ async function testPublishWatch(ctx) {
   await pages.get('publisher').screenshot({ path: join(OUT_DIR, 'publish.png') });
   await viewer.screenshot({ path: join(OUT_DIR, 'watch.png') });
 
+  // The quality menu: Low switches the viewer to q (a quarter of the
+  // camera's width), Auto brings it back up.
+  await viewer.selectOption('#layer', 'q');
+  await waitHook('viewer', `s.frameWidth === ${later.frameWidth / 4}`, 10000);
+  await viewer.selectOption('#layer', 'auto');
+  await waitHook('viewer', `s.frameWidth > ${later.frameWidth / 4}`, 10000);
+
   const viewerStop = await viewer.evaluate(() => window.sluiceStop());
   assert(viewerStop === 200, `viewer DELETE returned ${viewerStop}, expected 200`);
   const publisherStop = await pages.get('publisher').evaluate(() => window.sluiceStop());

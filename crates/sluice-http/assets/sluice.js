@@ -288,7 +288,8 @@
           if (session === s) opts.onDisplay(r);
         }));
         ui.setState(pc.connectionState);
-        const { location } = await negotiate(pc, opts.endpoint + encodeURIComponent(opts.room));
+        const query = opts.query ? opts.query() : '';
+        const { location } = await negotiate(pc, opts.endpoint + encodeURIComponent(opts.room) + query);
         s.resource = location;
         if (session === s) {
           hooks.resource = location;
@@ -473,6 +474,19 @@
     const room = pagePrologue('watch');
     const video = $('video');
     const unmuteBtn = $('unmute');
+    const layerSelect = $('layer');
+    // The simulcast layer: asked for in the WHEP POST, changed later
+    // through the session's layer resource (the WHEP layer extension).
+    layerSelect.addEventListener('change', async () => {
+      if (!hooks.resource) return;
+      const body = layerSelect.value === 'auto' ? {} : { encodingId: layerSelect.value };
+      const res = await fetch(`${hooks.resource}/layer`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!res.ok) ctl.ui.showError(await problemMessage(res));
+    });
     const statsEls = {
       resolution: $('st-resolution'),
       frames: $('st-frames'),
@@ -531,6 +545,7 @@
     const ctl = makeSessionController({
       room,
       endpoint: '/whep/',
+      query: () => (layerSelect.value === 'auto' ? '' : `?layer=${layerSelect.value}`),
       async setup(s) {
         s.active = true;
         const pc = (s.pc = new RTCPeerConnection({ iceServers: [] }));

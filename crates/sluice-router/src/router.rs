@@ -357,32 +357,12 @@ impl Router {
                     .is_some_and(|p| p.kind == publication.kind)
             });
         }
-        let feed = *slot;
-        for mut sub in publication.subscriptions {
-            // Room followers go to the room's new feed; participant
-            // followers to that participant's newest other publication.
-            let next = match &sub.follow {
-                Follow::Room => feed,
-                Follow::Participant(_) => room.publications.iter().rev().copied().find(|p| {
-                    self.publications.get(p).is_some_and(|p| {
-                        p.kind == publication.kind && p.is_followed_by(&sub.follow)
-                    })
-                }),
-            };
+        // Room followers go to the room's new feed; participant followers
+        // to that participant's newest other publication; the rest wait.
+        for sub in publication.subscriptions {
             let key = (sub.session, sub.track);
-            let location = match next.and_then(|n| Some((n, self.publications.get_mut(&n)?))) {
-                Some((next_id, next)) => {
-                    sub.forwarder
-                        .set_target(Some(next.target_for(next_id, &sub)));
-                    next.subscriptions.push(sub);
-                    Location::Feed(next_id)
-                }
-                None => {
-                    sub.forwarder.set_target(None);
-                    room.parked.push(sub);
-                    Location::Parked
-                }
-            };
+            let source = self.source_for(&publication.room, sub.kind, &sub.follow);
+            let location = self.place(&publication.room, sub, source);
             if let Some(entry) = self.subscriptions.get_mut(&key) {
                 entry.1 = location;
             }
@@ -403,17 +383,12 @@ impl Router {
         forwarder: Forwarder,
     ) {
         let room_key = self.room_key(room);
-        let room = self.rooms.entry(room_key.clone()).or_default();
-        room.subscriptions += 1;
-        let source = match &follow {
-            Follow::Room => room.feeds[kind_index(kind)],
-            Follow::Participant(_) => room.publications.iter().rev().copied().find(|p| {
-                self.publications
-                    .get(p)
-                    .is_some_and(|p| p.kind == kind && p.is_followed_by(&follow))
-            }),
-        };
-        let mut sub = Subscription {
+        self.rooms
+            .entry(room_key.clone())
+            .or_default()
+            .subscriptions += 1;
+        let source = self.source_for(&room_key, kind, &follow);
+        let sub = Subscription {
             session,
             track,
             kind,
@@ -422,21 +397,46 @@ impl Router {
             budget_bps: None,
             forwarder,
         };
-        let location = match source.and_then(|f| self.publications.get_mut(&f)) {
-            Some(publication) => {
-                let id = source.unwrap_or(PublicationId(0));
-                sub.forwarder
-                    .set_target(Some(publication.target_for(id, &sub)));
-                publication.subscriptions.push(sub);
-                Location::Feed(id)
-            }
-            None => {
-                room.parked.push(sub);
-                Location::Parked
-            }
-        };
+        let location = self.place(&room_key, sub, source);
         self.subscriptions
             .insert((session, track), (room_key, location));
+    }
+
+    /// The publication of `kind` in `room` that a subscription following
+    /// `follow` belongs on: the room's feed, or the participant's newest.
+    fn source_for(&self, room: &str, kind: MediaKind, follow: &Follow) -> Option<PublicationId> {
+        let room = self.rooms.get(room)?;
+        match follow {
+            Follow::Room => room.feeds[kind_index(kind)],
+            Follow::Participant(_) => room.publications.iter().rev().copied().find(|p| {
+                self.publications
+                    .get(p)
+                    .is_some_and(|p| p.kind == kind && p.is_followed_by(follow))
+            }),
+        }
+    }
+
+    /// Put `sub` on publication `source`, aimed at the layer it should
+    /// get, or park it in `room` when there is none. Returns where it went.
+    fn place(
+        &mut self,
+        room: &str,
+        mut sub: Subscription,
+        source: Option<PublicationId>,
+    ) -> Location {
+        if let Some((id, publication)) =
+            source.and_then(|id| Some((id, self.publications.get_mut(&id)?)))
+        {
+            sub.forwarder
+                .set_target(Some(publication.target_for(id, &sub)));
+            publication.subscriptions.push(sub);
+            return Location::Feed(id);
+        }
+        sub.forwarder.set_target(None);
+        if let Some(room) = self.rooms.get_mut(room) {
+            room.parked.push(sub);
+        }
+        Location::Parked
     }
 
     /// Set which layer a subscription wants of simulcast publications; it

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub sessions_lost: IntCounterVec,
     /// Rooms with at least one session (refreshed every second).
     pub rooms: IntGauge,
+    /// People in rooms: distinct identities or publisher names, plus each
+    /// anonymous viewer.
+    pub participants: IntGauge,
     /// Published tracks (refreshed every second).
     pub publications: IntGauge,
     /// RTP packets received from publishers.
@@ -127,6 +130,11 @@ impl Metrics {
                 &["reason"],
             ),
             rooms: gauge("rooms", "Rooms with at least one session"),
+            participants: gauge(
+                "participants",
+                "People in rooms: distinct token identities (or publisher names), \
+                 and each anonymous viewer",
+            ),
             publications: gauge("publications", "Published tracks"),
             packets_received: counter(
                 "packets_received_total",

@@ -165,6 +165,7 @@ impl Shard {
                 _ = flush.tick() => {
                     self.tally.flush(&self.metrics);
                     self.metrics.rooms.set(self.per_room.len() as i64);
+                    self.metrics.participants.set(self.participant_count() as i64);
                     self.metrics
                         .layer_switches
                         .inc_by(self.router.take_layer_switches());
@@ -581,6 +582,21 @@ impl Shard {
             }
             Command::Shutdown => {}
         }
+    }
+
+    /// People in rooms: sessions of one token identity (or, without
+    /// authentication, one publisher name) in a room count once; each
+    /// anonymous viewer counts on its own.
+    fn participant_count(&self) -> usize {
+        let people: std::collections::HashSet<(&str, Result<&str, u64>)> = self
+            .sessions
+            .iter()
+            .map(|(id, e)| {
+                let who = e.identity.as_deref().or(e.participant.as_deref());
+                (&*e.room, who.ok_or(id.0))
+            })
+            .collect();
+        people.len()
     }
 
     /// The participants publishing in `room`, oldest first.

@@ -58,6 +58,8 @@ async fn health_and_metrics_follow_real_media() {
     assert_eq!(value("sluice_sessions{role=\"publisher\"}"), 1.0);
     assert_eq!(value("sluice_sessions{role=\"viewer\"}"), 1.0);
     assert_eq!(value("sluice_rooms"), 1.0);
+    // The (unnamed) publisher and the anonymous viewer.
+    assert_eq!(value("sluice_participants"), 2.0);
     assert_eq!(value("sluice_publications"), 2.0);
     assert!(value("sluice_packets_received_total") >= 60.0);
     assert!(value("sluice_packets_forwarded_total") >= 60.0);

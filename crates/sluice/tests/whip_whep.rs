@@ -14,6 +14,16 @@ fn options(url: &str, room: &str, publish: bool) -> PeerOptions {
     PeerOptions::new(url, room, publish)
 }
 
+/// A publisher of synthetic q/h/f simulcast video (and audio).
+async fn simulcast_publisher(url: &str, room: &str) -> Peer {
+    Peer::start(PeerOptions {
+        simulcast: true,
+        ..options(url, room, true)
+    })
+    .await
+    .unwrap()
+}
+
 fn of_kind(packets: &[Packet], kind: Kind) -> Vec<Packet> {
     packets.iter().filter(|p| p.kind == kind).cloned().collect()
 }
@@ -123,12 +133,7 @@ async fn viewer_receives_exactly_what_the_publisher_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_viewers_get_the_top_layer_without_gaps() {
     let server = TestServer::start().await;
-    let publisher = Peer::start(PeerOptions {
-        simulcast: true,
-        ..options(&server.url, "layers", true)
-    })
-    .await
-    .unwrap();
+    let publisher = simulcast_publisher(&server.url, "layers").await;
     assert!(
         publisher
             .wait_for(Duration::from_secs(10), |s| s.connected)
@@ -199,12 +204,7 @@ async fn settled_layers(peer: &Peer) -> [u64; 4] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_choose_their_simulcast_layer() {
     let server = TestServer::start().await;
-    let publisher = Peer::start(PeerOptions {
-        simulcast: true,
-        ..options(&server.url, "choice", true)
-    })
-    .await
-    .unwrap();
+    let publisher = simulcast_publisher(&server.url, "choice").await;
     let low = Peer::start(PeerOptions {
         layer: Some("q".into()),
         ..options(&server.url, "choice", false)
@@ -271,12 +271,7 @@ async fn viewers_choose_their_simulcast_layer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_a_narrow_link_gets_a_layer_that_fits() {
     let server = TestServer::start_with(|c| c.media.viewer_start_bitrate_kbps = 1000).await;
-    let publisher = Peer::start(PeerOptions {
-        simulcast: true,
-        ..options(&server.url, "narrow", true)
-    })
-    .await
-    .unwrap();
+    let publisher = simulcast_publisher(&server.url, "narrow").await;
     // 400 kbit/s to this viewer: only q (about 150 kbit/s) fits. Viewers
     // start on h (what the starting estimate of 1 Mbit/s carries): this one
     // must move down, the other one up to f.
