@@ -17,7 +17,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
-cargo build -p sluice --locked
+cargo build -p sluice -p sluice-loadtest --locked
 
 if [ "${SLUICE_SKIP_BROWSER:-0}" != 1 ]; then
     step "browser end-to-end tests (headless Chromium)"

@@ -63,6 +63,11 @@ struct Args {
     /// 50 per second, with the audio level extension).
     #[arg(long, conflicts_with = "simulcast")]
     audio_only: bool,
+    /// Publishers loop the shipped VP8 clips (real video, 320x180,
+    /// 640x360 and 1280x720 with --simulcast) instead of made-up payloads,
+    /// so a browser can watch them; latency is then not measured.
+    #[arg(long, conflicts_with = "audio_only")]
+    clips: bool,
     /// The simulcast layer subscribers ask for: q, h, f, or auto (the
     /// best one the publisher sends).
     #[arg(long, default_value = "auto", value_parser = ["q", "h", "f", "auto"])]
@@ -193,6 +198,7 @@ async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>
         count_only,
         layer: Some(args.layer.clone()),
         audio_only: args.audio_only,
+        clips: args.clips,
         participant,
         ..PeerOptions::new(&args.url, &name, publish)
     };

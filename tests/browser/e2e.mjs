@@ -8,6 +8,7 @@
 // prints the reason plus the pages' console logs and exits 1.
 
 import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -233,6 +234,31 @@ async function testConference(ctx) {
   return { width: alice.tiles.bob.frameWidth, height: alice.tiles.bob.frameHeight };
 }
 
+/**
+ * Test 5: real video from the load tester. sluice-loadtest publishes the
+ * shipped VP8 clips (simulcast); Chromium watches and decodes 1280x720.
+ */
+async function testClipPublisher(ctx) {
+  const room = `clip-${randomId()}`;
+  const tester = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'target', 'debug', 'sluice-loadtest');
+  const child = spawn(tester, ['--url', BASE, '--room', room, '--publishers', '1', '--subscribers', '0',
+    '--clips', '--simulcast', '--duration', '30s'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderr.on('data', (d) => logs.push(`[sluice-loadtest] ${String(d).trim()}`));
+  try {
+    await sleep(1500);
+    const viewer = await openPage(ctx, 'clip-viewer', `${BASE}/watch/${room}?autostart=1`);
+    const s = await waitHook('clip-viewer', 's.frameWidth === 1280 && s.framesDecoded > 30', 20000);
+    await mkdir(OUT_DIR, { recursive: true });
+    await viewer.screenshot({ path: join(OUT_DIR, 'watch-clip.png') });
+    await viewer.evaluate(() => window.sluiceStop());
+    await viewer.close();
+    pages.delete('clip-viewer');
+    return { width: s.frameWidth, height: s.frameHeight };
+  } finally {
+    child.kill();
+  }
+}
+
 async function main() {
   if (!BASE) throw new Error('SLUICE_URL is not set (e.g. SLUICE_URL=http://127.0.0.1:8080)');
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
@@ -243,6 +269,7 @@ async function main() {
   await testIndex(ctx);
   const t3 = await testViewerFirst(ctx);
   const t4 = await testConference(ctx);
+  const t5 = await testClipPublisher(ctx);
 
   await closeBrowser();
   console.log(JSON.stringify({
@@ -253,6 +280,7 @@ async function main() {
     width: t1.width,
     height: t1.height,
     conference_tile: `${t4.width}x${t4.height}`,
+    clip_video: `${t5.width}x${t5.height}`,
   }));
 }
 

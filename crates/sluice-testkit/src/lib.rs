@@ -2,6 +2,7 @@
 //! publishes synthetic media over WHIP or watches over WHEP, through real
 //! UDP sockets on loopback, recording what it sent and received.
 
+pub mod clip;
 pub mod counting;
 pub mod media;
 pub mod peer;

@@ -2,6 +2,7 @@
 //! descriptors and keyframe headers, H.264 single NAL unit packets with IDR
 //! and non-IDR slices, and Opus-sized audio packets.
 
+use crate::clip::{self, Clip};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -139,11 +140,15 @@ pub fn layer_tag(codec: VideoCodec, payload: &[u8]) -> Option<u8> {
     payload.get(header + 4 + 1).copied()
 }
 
-/// Generator of numbered media frames.
+/// Generator of numbered media frames, or of a looped VP8 clip.
 #[derive(Debug, Default)]
 pub struct SyntheticMedia {
     codec: VideoCodec,
     shape: VideoShape,
+    /// Real VP8 frames to loop instead of made-up payloads.
+    clip: Option<Clip>,
+    /// The next frame of the clip.
+    position: usize,
     frame: u32,
     audio: u32,
     force_keyframe: bool,
@@ -164,17 +169,46 @@ impl SyntheticMedia {
         }
     }
 
+    /// A generator that loops `clip` (VP8); its payloads carry no send
+    /// stamp or layer tag, so a browser can decode them.
+    pub fn looping(clip: Clip) -> Self {
+        SyntheticMedia {
+            clip: Some(clip),
+            ..Default::default()
+        }
+    }
+
+    /// Whether payloads carry a send stamp ([`stamp`]) and a layer tag.
+    pub fn stamps(&self) -> bool {
+        self.clip.is_none()
+    }
+
     /// Make the next video frame a keyframe (on PLI/FIR).
     pub fn request_keyframe(&mut self) {
         self.force_keyframe = true;
     }
 
-    /// The packets of the next video frame, stamped with `now`:
+    /// The packets of the next video frame, stamped with `now` (but for
+    /// a clip's):
     /// `(payload, marker)` and whether it is a keyframe. The RTP timestamp
     /// is `frame * 3000` (30 fps).
     pub fn next_video_frame(&mut self, now: Instant) -> (Vec<(Vec<u8>, bool)>, bool, u32) {
         let frame = self.frame;
         self.frame += 1;
+        if let Some(clip) = &self.clip {
+            // A keyframe request restarts the loop at its keyframe.
+            if std::mem::take(&mut self.force_keyframe) {
+                self.position = 0;
+            }
+            let data = &clip.frames[self.position % clip.frames.len()];
+            self.position = (self.position + 1) % clip.frames.len();
+            let picture_id = (frame & 0x7fff) as u16;
+            return (
+                clip::packetize(data, picture_id),
+                clip::is_keyframe(data),
+                frame.wrapping_mul(3000),
+            );
+        }
         let shape = self.shape;
         let keyframe = self.force_keyframe || frame.is_multiple_of(shape.keyframe_every);
         self.force_keyframe = false;

@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clip::Clip;
 use crate::counting::{SeqExtender, rtp_header, ssrcs_by_kind};
 use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, layer_tag, sent_at, stamp};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
@@ -75,6 +76,10 @@ pub struct PeerOptions {
     pub loss: Option<Loss>,
     /// Offer and send audio only (no video section).
     pub audio_only: bool,
+    /// Publish the shipped VP8 clips (real video a browser can decode;
+    /// see [`crate::clip`]) instead of made-up payloads. Their payloads
+    /// carry no send stamp, so neither side measures latency.
+    pub clips: bool,
     /// A publisher's participant name, or the participant a viewer follows
     /// (`?participant=`).
     pub participant: Option<String>,
@@ -97,6 +102,7 @@ impl PeerOptions {
             count_only: false,
             loss: None,
             audio_only: false,
+            clips: false,
             participant: None,
             layer: None,
         }
@@ -210,6 +216,9 @@ enum PeerCommand {
 impl Peer {
     /// Negotiate with the server and start the peer's task.
     pub async fn start(options: PeerOptions) -> Result<Peer, PeerError> {
+        if options.clips && options.video != VideoCodec::Vp8 {
+            return Err(PeerError::Local("the shipped clips are VP8".into()));
+        }
         let socket = UdpSocket::bind("127.0.0.1:0")
             .await
             .map_err(|e| PeerError::Local(e.to_string()))?;
@@ -310,6 +319,8 @@ impl Peer {
             audio_seq: 0,
             layers: if options.audio_only {
                 Vec::new()
+            } else if options.clips {
+                clip_layers(options.simulcast)?
             } else if options.simulcast {
                 SIMULCAST
                     .iter()
@@ -330,6 +341,7 @@ impl Peer {
             next_paced: Instant::now(),
             pace_gap: Duration::ZERO,
             keep_packets: options.keep_packets,
+            clips: options.clips,
             video_codec: options.video,
             counting,
         };
@@ -499,6 +511,23 @@ const FRAME_INTERVAL: Duration = Duration::from_millis(33);
 /// packets of one frame go out evenly spaced rather than in one burst.
 const PACING_SHARE: f64 = 0.4;
 
+/// The video layers of a publisher of the shipped clips: q, h and f, or
+/// just f.
+fn clip_layers(simulcast: bool) -> Result<Vec<VideoLayer>, PeerError> {
+    let rids: &[&str] = if simulcast { &["q", "h", "f"] } else { &["f"] };
+    rids.iter()
+        .map(|rid| {
+            let clip = Clip::layer(rid)
+                .ok_or_else(|| PeerError::Local(format!("no clip for layer {rid}")))?;
+            Ok(VideoLayer {
+                rid: simulcast.then(|| (*rid).into()),
+                media: SyntheticMedia::looping(clip),
+                seq: 0,
+            })
+        })
+        .collect()
+}
+
 /// What the peer needs to talk to its session resource again.
 struct Http {
     resource: String,
@@ -529,6 +558,8 @@ struct Driver {
     next_paced: Instant,
     pace_gap: Duration,
     keep_packets: bool,
+    /// Media are the shipped clips: payloads carry no stamps or tags.
+    clips: bool,
     video_codec: VideoCodec,
     /// Count-only subscribers: the streams to count.
     counting: Option<Counting>,
@@ -668,7 +699,7 @@ impl Driver {
                 };
                 let mut state = self.state.lock();
                 state.rx[usize::from(kind == Kind::Video)].record(*p.seq_no, p.payload.len());
-                if let Some(sent) = sent_at(&p.payload) {
+                if let Some(sent) = sent_at(&p.payload).filter(|_| !self.clips) {
                     let delay = p.timestamp.saturating_duration_since(sent);
                     state
                         .latencies_us
@@ -679,7 +710,9 @@ impl Driver {
                     if self.video_codec.starts_keyframe(&p.payload) {
                         state.first_keyframe_at.get_or_insert(p.timestamp);
                     }
-                    if let Some(tag) = layer_tag(self.video_codec, &p.payload) {
+                    if let Some(tag) =
+                        layer_tag(self.video_codec, &p.payload).filter(|_| !self.clips)
+                    {
                         state.video_layers[usize::from(tag.min(3))] += 1;
                     }
                 }
@@ -732,7 +765,9 @@ impl Driver {
         while self.next_paced <= now
             && let Some(mut packet) = self.paced.pop_front()
         {
-            stamp(&mut packet.payload, now);
+            if self.layers[packet.layer].media.stamps() {
+                stamp(&mut packet.payload, now);
+            }
             let payload: Arc<[u8]> = packet.payload.into();
             let layer = &mut self.layers[packet.layer];
             layer.seq += 1;
