@@ -254,11 +254,6 @@ impl Router {
         self.publications.len()
     }
 
-    /// The current publication of `kind` in `room`.
-    pub fn feed(&self, room: &str, kind: MediaKind) -> Option<PublicationId> {
-        self.rooms.get(room)?.feeds[kind_index(kind)]
-    }
-
     /// The session that publishes `publication`.
     pub fn publisher_of(&self, publication: PublicationId) -> Option<SessionId> {
         self.publications.get(&publication).map(|p| p.session)
@@ -361,7 +356,7 @@ impl Router {
         // to that participant's newest other publication; the rest wait.
         for sub in publication.subscriptions {
             let key = (sub.session, sub.track);
-            let source = self.source_for(&publication.room, sub.kind, &sub.follow);
+            let source = self.source(&publication.room, sub.kind, &sub.follow);
             let location = self.place(&publication.room, sub, source);
             if let Some(entry) = self.subscriptions.get_mut(&key) {
                 entry.1 = location;
@@ -387,7 +382,7 @@ impl Router {
             .entry(room_key.clone())
             .or_default()
             .subscriptions += 1;
-        let source = self.source_for(&room_key, kind, &follow);
+        let source = self.source(&room_key, kind, &follow);
         let sub = Subscription {
             session,
             track,
@@ -403,8 +398,9 @@ impl Router {
     }
 
     /// The publication of `kind` in `room` that a subscription following
-    /// `follow` belongs on: the room's feed, or the participant's newest.
-    fn source_for(&self, room: &str, kind: MediaKind, follow: &Follow) -> Option<PublicationId> {
+    /// `follow` belongs on: the room's feed (its newest publication of that
+    /// kind), or the participant's newest.
+    pub fn source(&self, room: &str, kind: MediaKind, follow: &Follow) -> Option<PublicationId> {
         let room = self.rooms.get(room)?;
         match follow {
             Follow::Room => room.feeds[kind_index(kind)],
@@ -776,7 +772,7 @@ mod tests {
 
         // Publisher A leaves; the viewer is parked, then B arrives.
         r.unpublish(a);
-        assert_eq!(r.feed("live", MediaKind::Video), None);
+        assert_eq!(r.source("live", MediaKind::Video, &Follow::Room), None);
         let b = r.publish("live", PUBLISHER_B, None, MediaKind::Video, &[None]);
         out.clear();
         let t1 = t0 + ms(2000);
@@ -808,7 +804,7 @@ mod tests {
         assert_eq!(out[1].rewritten.seq, out[0].rewritten.seq + 1);
         // When B leaves, A (still live) takes the viewer back.
         r.unpublish(b);
-        assert_eq!(r.feed("live", MediaKind::Audio), Some(a));
+        assert_eq!(r.source("live", MediaKind::Audio, &Follow::Room), Some(a));
         assert_eq!(r.subscriber_count(a), 1);
     }
 

@@ -783,9 +783,13 @@ impl Shard {
         let (room, offer) = (room.as_str(), offer.as_str());
         self.check_limits(room, client)?;
         let now = Instant::now();
+        let follow = match (&participant, role) {
+            (Some(name), Role::Viewer) => Follow::Participant(Arc::from(name.as_str())),
+            _ => Follow::Room,
+        };
         let codecs = match role {
             Role::Publisher => Vec::new(),
-            Role::Viewer => self.publisher_codecs(room),
+            Role::Viewer => self.publisher_codecs(room, &follow),
         };
         let (mut session, answer) =
             Session::accept(role, offer, &self.session_config, &codecs, now)
@@ -806,10 +810,6 @@ impl Shard {
         }
         *self.per_address.entry(client).or_default() += 1;
         let mut tracks = Vec::new();
-        let follow = match (&participant, role) {
-            (Some(name), Role::Viewer) => Follow::Participant(Arc::from(name.as_str())),
-            _ => Follow::Room,
-        };
         if role == Role::Viewer {
             for (index, (mid, kind)) in session.send_tracks().into_iter().enumerate() {
                 let kind = media_kind(kind);
@@ -898,14 +898,15 @@ impl Shard {
         }
     }
 
-    /// The codecs the room's current publishers send, which a new viewer
-    /// must be able to receive.
-    fn publisher_codecs(&self, room: &str) -> Vec<sluice_session::PayloadParams> {
+    /// The codecs of what a new viewer following `follow` will receive
+    /// (the room's feeds, or one participant's publications): it must be
+    /// able to decode them.
+    fn publisher_codecs(&self, room: &str, follow: &Follow) -> Vec<sluice_session::PayloadParams> {
         let mut codecs = Vec::new();
         for kind in [MediaKind::Audio, MediaKind::Video] {
             let Some(publisher) = self
                 .router
-                .feed(room, kind)
+                .source(room, kind, follow)
                 .and_then(|p| self.router.publisher_of(p))
                 .and_then(|s| self.sessions.get(&s))
             else {

@@ -9,7 +9,7 @@ use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice_http::auth::{Claims, Grants, mint, now_secs};
-use sluice_testkit::{Kind, Packet, Peer, PeerOptions};
+use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VideoCodec};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -137,6 +137,44 @@ async fn each_tile_gets_its_participant_only() {
     assert!(bob_tile.with_state(|s| s.received.len()) > bob_before + 20);
 
     for peer in [alice_tile, bob_tile, bob] {
+        assert_eq!(peer.delete().await.unwrap(), 200);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_needs_only_its_participants_codec() {
+    let server = TestServer::start().await;
+    let h264 = |publish, participant: Option<&str>| PeerOptions {
+        video: VideoCodec::H264,
+        participant: participant.map(str::to_owned),
+        ..PeerOptions::new(&server.url, "codecs", publish)
+    };
+    // Bob sends H.264, then Alice VP8: the room's feed is Alice's.
+    let bob = Peer::start(h264(true, Some("bob"))).await.unwrap();
+    assert!(bob.wait_for(Duration::from_secs(10), |s| s.connected).await);
+    let alice = Peer::start(publisher(&server, "codecs", "alice"))
+        .await
+        .unwrap();
+    assert!(
+        alice
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await
+    );
+    // An H.264-only viewer of the room cannot decode Alice: 422.
+    match Peer::start(h264(false, None)).await {
+        Err(sluice_testkit::PeerError::Status(422, _)) => {}
+        other => panic!("expected 422, got {:?}", other.map(|_| ())),
+    }
+    // As Bob's tile it only needs H.264, and gets his video.
+    let tile = Peer::start(h264(false, Some("bob"))).await.unwrap();
+    assert!(
+        tile.wait_for(Duration::from_secs(10), |s| {
+            s.received.iter().filter(|p| p.kind == Kind::Video).count() >= 30
+        })
+        .await
+    );
+    for peer in [tile, alice, bob] {
         assert_eq!(peer.delete().await.unwrap(), 200);
     }
     server.stop().await;
