@@ -129,12 +129,14 @@ async function testPublishWatch(ctx) {
   await pages.get('publisher').screenshot({ path: join(OUT_DIR, 'publish.png') });
   await viewer.screenshot({ path: join(OUT_DIR, 'watch.png') });
 
-  // The quality menu: Low switches the viewer to q (a quarter of the
-  // camera's width), Auto brings it back up.
+  // The quality menu: Low switches the viewer to the publisher's q layer,
+  // Auto brings it back up (to f, or h while Chromium has not started f).
+  const q = pub.layers.find((l) => l.rid === 'q');
+  assert(q && q.frameWidth > 0, `publisher sends no q layer: ${JSON.stringify(pub.layers)}`);
   await viewer.selectOption('#layer', 'q');
-  await waitHook('viewer', `s.frameWidth === ${later.frameWidth / 4}`, 10000);
+  await waitHook('viewer', `s.frameWidth === ${q.frameWidth}`, 10000);
   await viewer.selectOption('#layer', 'auto');
-  await waitHook('viewer', `s.frameWidth > ${later.frameWidth / 4}`, 10000);
+  await waitHook('viewer', `s.frameWidth > ${q.frameWidth}`, 10000);
 
   const viewerStop = await viewer.evaluate(() => window.sluiceStop());
   assert(viewerStop === 200, `viewer DELETE returned ${viewerStop}, expected 200`);
