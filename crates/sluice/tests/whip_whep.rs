@@ -194,6 +194,15 @@ fn only_layer(layers: [u64; 4], tag: usize) -> bool {
     layers[tag] > 0 && (0..4).all(|t| t == tag || layers[t] == 0)
 }
 
+/// Whether `peer` receives 30 more packets of layer `tag` within 15 s.
+async fn reaches_layer(peer: &Peer, tag: usize) -> bool {
+    let before = peer.with_state(|s| s.video_layers[tag]);
+    peer.wait_for(Duration::from_secs(15), |s| {
+        s.video_layers[tag] > before + 30
+    })
+    .await
+}
+
 /// Let a viewer's layer change take effect (it waits for a keyframe of
 /// the new layer), then return what it receives.
 async fn settled_layers(peer: &Peer) -> [u64; 4] {
@@ -224,15 +233,8 @@ async fn viewers_choose_their_simulcast_layer() {
     let l = settled_layers(&low).await;
     assert!(only_layer(l, 2), "after choosing h: {l:?}");
     assert_eq!(low.choose_layer(None).await.unwrap(), 204);
-    // Back on automatic, the viewer's bandwidth estimate has to grow from
-    // h's rate to f's (the estimator probes for it) before it moves up.
-    let f_before = low.with_state(|s| s.video_layers[3]);
-    assert!(
-        low.wait_for(Duration::from_secs(15), |s| s.video_layers[3]
-            > f_before + 30)
-            .await,
-        "f arrives again"
-    );
+    // Back on automatic it moves up at f's next keyframe.
+    assert!(reaches_layer(&low, 3).await, "f arrives again");
     let l = settled_layers(&low).await;
     assert!(only_layer(l, 3), "after going back to auto: {l:?}");
     let a = settled_layers(&auto).await;
@@ -287,8 +289,13 @@ async fn a_viewer_on_a_narrow_link_gets_a_layer_that_fits() {
     let wide = Peer::start(options(&server.url, "narrow", false))
         .await
         .unwrap();
-    // Give the estimators a few seconds, then look at what arrives.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Wait for each to reach its layer (the estimators take a few
+    // seconds), then look at what arrives.
+    assert!(
+        reaches_layer(&narrow, 1).await,
+        "the narrow viewer moves to q"
+    );
+    assert!(reaches_layer(&wide, 3).await, "the wide viewer moves to f");
     let n = settled_layers(&narrow).await;
     assert!(only_layer(n, 1), "the narrow viewer gets q: {n:?}");
     let w = settled_layers(&wide).await;
