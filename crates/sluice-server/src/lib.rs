@@ -42,6 +42,7 @@ pub fn start(
     events: Option<mpsc::Sender<events::Event>>,
 ) -> std::io::Result<(ControlHandle, JoinHandle<()>)> {
     let local: SocketAddr = socket.local_addr()?;
+    outbox::set_dont_fragment(&socket)?;
     let candidate = config.candidate_address(local)?;
     let (tx, rx) = mpsc::channel(1024);
     let sink = events::EventSink::new(events);

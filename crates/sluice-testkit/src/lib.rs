@@ -4,6 +4,8 @@
 
 pub mod clip;
 pub mod counting;
+#[cfg(target_os = "linux")]
+pub mod hub;
 pub mod media;
 pub mod peer;
 pub mod relay;

@@ -16,11 +16,12 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::clip::Clip;
-use crate::counting::{SeqExtender, rtp_header, ssrcs_by_kind};
+#[cfg(target_os = "linux")]
+use crate::hub;
 use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, layer_tag, sent_at, stamp};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
@@ -67,7 +68,9 @@ pub struct PeerOptions {
     /// only count them (load tests).
     pub keep_packets: bool,
     /// Count received media from the clear RTP headers without decrypting
-    /// it (cheap load-test subscribers: no payloads, no latency).
+    /// it (cheap load-test subscribers: no payloads, no latency). On Linux
+    /// a shared receive thread reads such peers' sockets (see
+    /// [`crate::hub`]); elsewhere they decrypt like any other.
     pub count_only: bool,
     /// Publish video as three simulcast layers (q, h, f; see
     /// [`crate::media::SIMULCAST`]).
@@ -150,7 +153,7 @@ impl StreamStats {
             .map_or(0, |(lo, hi)| (hi - lo + 1).saturating_sub(self.packets))
     }
 
-    fn record(&mut self, seq: u64, bytes: usize) {
+    pub(crate) fn record(&mut self, seq: u64, bytes: usize) {
         self.packets += 1;
         self.bytes += bytes as u64;
         self.seq_range = Some(match self.seq_range {
@@ -285,25 +288,24 @@ impl Peer {
             }
         };
         accept(&mut rtc, pending, &answer)?;
-        let counting = (options.count_only && !options.publish).then(|| Counting {
-            streams: ssrcs_by_kind(&answer)
-                .into_iter()
-                .map(|(ssrc, video)| (ssrc, video, SeqExtender::default()))
-                .collect(),
-        });
-        let http = Http {
-            resource: resource.clone(),
-            answer,
-        };
         let state = Arc::new(Mutex::new(PeerState {
             post_at: Some(post_at),
             ..PeerState::default()
         }));
+        let link = if options.count_only && !options.publish {
+            Link::counted(socket, &answer, &state)?
+        } else {
+            Link::Own(socket)
+        };
+        let http = Http {
+            resource: resource.clone(),
+            answer,
+        };
         let (commands, rx) = watch::channel(PeerCommand::Run);
         let driver = Driver {
             http,
             rtc,
-            socket,
+            link,
             local,
             state: state.clone(),
             audio,
@@ -343,7 +345,6 @@ impl Peer {
             keep_packets: options.keep_packets,
             clips: options.clips,
             video_codec: options.video,
-            counting,
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
@@ -483,9 +484,80 @@ fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), P
         .map_err(|e| PeerError::Local(e.to_string()))
 }
 
-/// The streams a count-only subscriber counts: `(ssrc, is_video, seq)`.
-struct Counting {
-    streams: Vec<(u32, bool, SeqExtender)>,
+/// How the peer's datagrams come in and go out.
+enum Link {
+    /// The peer's task reads its socket itself.
+    Own(UdpSocket),
+    /// The receive hub reads the socket, counts media and passes the rest
+    /// on; the task sends on a clone of the socket.
+    #[cfg(target_os = "linux")]
+    Hub {
+        socket: std::net::UdpSocket,
+        rest: mpsc::UnboundedReceiver<hub::Datagram>,
+        _registration: hub::Registration,
+    },
+}
+
+impl Link {
+    /// The link of a count-only subscriber whose server answered `answer`.
+    #[cfg(target_os = "linux")]
+    fn counted(
+        socket: UdpSocket,
+        answer: &str,
+        state: &Arc<Mutex<PeerState>>,
+    ) -> Result<Link, PeerError> {
+        let local = |e: std::io::Error| PeerError::Local(e.to_string());
+        let socket = socket.into_std().map_err(local)?;
+        let (tx, rest) = mpsc::unbounded_channel();
+        let registration = hub::register(hub::Subscription {
+            socket: socket.try_clone().map_err(local)?,
+            streams: crate::counting::ssrcs_by_kind(answer),
+            state: state.clone(),
+            rest: tx,
+        })
+        .map_err(local)?;
+        Ok(Link::Hub {
+            socket,
+            rest,
+            _registration: registration,
+        })
+    }
+
+    /// Without the hub, a count-only subscriber decrypts like any other.
+    #[cfg(not(target_os = "linux"))]
+    fn counted(socket: UdpSocket, _: &str, _: &Arc<Mutex<PeerState>>) -> Result<Link, PeerError> {
+        Ok(Link::Own(socket))
+    }
+
+    /// The next datagram for str0m. Never completes once the hub has let
+    /// the socket go, as for a peer whose network died.
+    async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Link::Own(socket) => socket.recv_from(buf).await,
+            #[cfg(target_os = "linux")]
+            Link::Hub { rest, .. } => {
+                let Some((datagram, source)) = rest.recv().await else {
+                    return std::future::pending().await;
+                };
+                let n = datagram.len().min(buf.len());
+                buf[..n].copy_from_slice(&datagram[..n]);
+                Ok((n, source))
+            }
+        }
+    }
+
+    /// Send a datagram; one the kernel refuses is lost, as on a network.
+    async fn send(&self, contents: &[u8], destination: SocketAddr) {
+        match self {
+            Link::Own(socket) => {
+                let _ = socket.send_to(contents, destination).await;
+            }
+            #[cfg(target_os = "linux")]
+            Link::Hub { socket, .. } => {
+                let _ = socket.send_to(contents, destination);
+            }
+        }
+    }
 }
 
 /// One outgoing video stream (a simulcast layer, or the only one).
@@ -539,7 +611,7 @@ struct Http {
 struct Driver {
     http: Http,
     rtc: Rtc,
-    socket: UdpSocket,
+    link: Link,
     local: SocketAddr,
     state: Arc<Mutex<PeerState>>,
     audio: Mid,
@@ -561,8 +633,6 @@ struct Driver {
     /// Media are the shipped clips: payloads carry no stamps or tags.
     clips: bool,
     video_codec: VideoCodec,
-    /// Count-only subscribers: the streams to count.
-    counting: Option<Counting>,
 }
 
 impl Driver {
@@ -588,11 +658,8 @@ impl Driver {
             };
             let wake = timeout.min(media_due).max(Instant::now());
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
+                received = self.link.recv(&mut buf) => {
                     let Ok((n, source)) = received else { continue };
-                    if self.count(&buf[..n]) {
-                        continue;
-                    }
                     let Ok(contents) = buf[..n].try_into() else { continue };
                     let input = Input::Receive(Instant::now(), Receive {
                         proto: Protocol::Udp,
@@ -640,33 +707,13 @@ impl Driver {
         }
     }
 
-    /// Count an RTP datagram of a count-only subscriber instead of handing
-    /// it to str0m. Returns whether it was counted.
-    fn count(&mut self, datagram: &[u8]) -> bool {
-        let Some(counting) = &mut self.counting else {
-            return false;
-        };
-        let Some((ssrc, seq, bytes)) = rtp_header(datagram) else {
-            return false;
-        };
-        // RTX and anything else unknown is swallowed, not counted.
-        if let Some((_, video, ext)) = counting.streams.iter_mut().find(|s| s.0 == ssrc) {
-            let seq = ext.extend(seq);
-            let now = Instant::now();
-            let mut state = self.state.lock();
-            state.rx[usize::from(*video)].record(seq, bytes);
-            state.first_packet_at.get_or_insert(now);
-        }
-        true
-    }
-
     /// Poll until timeout, sending datagrams and recording events.
     async fn drain(&mut self) -> Option<Instant> {
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return Some(t),
                 Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                    self.link.send(&t.contents, t.destination).await;
                 }
                 Ok(Output::Event(e)) => self.on_event(e),
                 Err(_) => return None,
