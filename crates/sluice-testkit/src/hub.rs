@@ -7,7 +7,12 @@
 //! every round it asks `epoll` which sockets have datagrams, reads each one
 //! with `recvmmsg`, counts RTP packets from their clear headers (see
 //! [`crate::counting`]) and hands everything else (STUN, DTLS, RTCP) to the
-//! subscriber's task, whose str0m stack answers it. Between rounds it
+//! subscriber's task, whose str0m stack answers it. Once a subscriber's
+//! media flows, only the first [`HEAD`] bytes of each datagram are read
+//! (copying whole packets out of the kernel was the hub's largest cost);
+//! a longer datagram that is not RTP, which after the DTLS handshake can
+//! only be RTCP a counting subscriber has no use for, is dropped. Between
+//! rounds it
 //! sleeps [`ROUND`], so datagrams gather in the socket buffers instead of
 //! waking a thread each; the cost is that arrival times of counted packets
 //! are known to within a round.
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::counting::{SeqExtender, rtp_header};
+use crate::counting::{HEAD, SeqExtender, rtp_header};
 use crate::peer::PeerState;
 
 /// The pause between two receive rounds.
@@ -97,6 +102,8 @@ struct Entry {
     sub: Subscription,
     /// Sequence number extension per counted stream, in `sub.streams` order.
     seqs: Vec<SeqExtender>,
+    /// Media has arrived: the DTLS handshake is over, heads are enough.
+    media: bool,
 }
 
 struct Hub {
@@ -184,7 +191,14 @@ impl Hub {
                     return Err(std::io::Error::last_os_error());
                 }
                 let seqs = vec![SeqExtender::default(); sub.streams.len()];
-                self.entries.insert(id, Entry { sub, seqs });
+                self.entries.insert(
+                    id,
+                    Entry {
+                        sub,
+                        seqs,
+                        media: false,
+                    },
+                );
             }
             Command::Remove(id) => self.remove(id),
         }
@@ -212,7 +226,8 @@ impl Hub {
             return;
         };
         let mut received = [(0, None); MSGS];
-        let n = match recv_batch(&entry.sub.socket, &mut self.bufs, &mut received) {
+        let room = if entry.media { HEAD } else { DATAGRAM };
+        let n = match recv_batch(&entry.sub.socket, &mut self.bufs, room, &mut received) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(_) => {
@@ -224,9 +239,10 @@ impl Hub {
         let mut gone = false;
         let mut state = entry.sub.state.lock();
         for (buf, &(len, source)) in self.bufs.iter().zip(&received[..n]) {
-            let datagram = &buf[..len];
-            match rtp_header(datagram) {
+            let datagram = &buf[..len.min(room)];
+            match rtp_header(datagram, len) {
                 Some((ssrc, seq, bytes)) => {
+                    entry.media = true;
                     // RTX and anything else unknown is swallowed, not counted.
                     let Some(i) = entry.sub.streams.iter().position(|s| s.0 == ssrc) else {
                         continue;
@@ -236,7 +252,9 @@ impl Hub {
                     state.first_packet_at.get_or_insert(now);
                 }
                 None => {
-                    let Some(source) = source else { continue };
+                    let Some(source) = source.filter(|_| len <= room) else {
+                        continue;
+                    };
                     gone |= entry.sub.rest.send((datagram.to_vec(), source)).is_err();
                 }
             }
@@ -249,10 +267,12 @@ impl Hub {
 }
 
 /// Read up to [`MSGS`] datagrams from `socket` in one `recvmmsg` call into
-/// `bufs`; `out` gets each one's length and source. Returns how many.
+/// `bufs`, at most `room` bytes of each; `out` gets each one's full length
+/// and source. Returns how many.
 fn recv_batch(
     socket: &UdpSocket,
     bufs: &mut [[u8; DATAGRAM]; MSGS],
+    room: usize,
     out: &mut [(usize, Option<SocketAddr>); MSGS],
 ) -> std::io::Result<usize> {
     // SAFETY (zeroed values): plain C structs for which all-zero bytes are
@@ -262,7 +282,7 @@ fn recv_batch(
     let mut msgs: [libc::mmsghdr; MSGS] = unsafe { std::mem::zeroed() };
     for i in 0..MSGS {
         iovs[i].iov_base = bufs[i].as_mut_ptr() as *mut libc::c_void;
-        iovs[i].iov_len = DATAGRAM;
+        iovs[i].iov_len = room.min(DATAGRAM);
         let hdr = &mut msgs[i].msg_hdr;
         hdr.msg_name = &mut addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
         hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -276,7 +296,8 @@ fn recv_batch(
             socket.as_raw_fd(),
             msgs.as_mut_ptr(),
             MSGS as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            // MSG_TRUNC: report each datagram's full length.
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
             std::ptr::null_mut(),
         )
     };
