@@ -794,6 +794,9 @@ impl Shard {
         let (mut session, answer) =
             Session::accept(role, offer, &self.session_config, &codecs, now)
                 .map_err(ControlError::Negotiate)?;
+        if let (Role::Publisher, Some(name)) = (role, &participant) {
+            self.replace_participant(room, name);
+        }
         let id = SessionId(self.next_id);
         self.next_id += 1;
         let resource = format!("{:032x}", rand::random::<u128>());
@@ -881,6 +884,32 @@ impl Shard {
             answer,
             etag,
         })
+    }
+
+    /// A participant name stands for one publisher per room: a new WHIP
+    /// session under a name (a reloaded page, a reconnecting encoder, the
+    /// same token from another device) ends the older ones, whose viewers
+    /// then get the new session's media.
+    fn replace_participant(&mut self, room: &str, name: &str) {
+        let older: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| {
+                e.session.role() == Role::Publisher
+                    && &*e.room == room
+                    && e.participant.as_deref() == Some(name)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in older {
+            info!(
+                session = id.0,
+                room,
+                participant = name,
+                "participant replaced by a new session"
+            );
+            self.close(id, CloseReason::Ended);
+        }
     }
 
     /// Refuse a new session when the server, the room or the client's

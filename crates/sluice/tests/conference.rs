@@ -143,6 +143,60 @@ async fn each_tile_gets_its_participant_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_again_under_a_name_replaces_the_older_session() {
+    let server = TestServer::start().await;
+    let first = Peer::start(publisher(&server, "again", "alice"))
+        .await
+        .unwrap();
+    let tile = Peer::start(PeerOptions {
+        participant: Some("alice".into()),
+        ..PeerOptions::new(&server.url, "again", false)
+    })
+    .await
+    .unwrap();
+    let videos = |n: usize| {
+        move |s: &sluice_testkit::peer::PeerState| {
+            s.received.iter().filter(|p| p.kind == Kind::Video).count() >= n
+        }
+    };
+    assert!(tile.wait_for(Duration::from_secs(10), videos(30)).await);
+
+    // Alice's page reloads: a second WHIP session under her name.
+    let second = Peer::start(publisher(&server, "again", "alice"))
+        .await
+        .unwrap();
+    let seen = tile.with_state(|s| s.received.len());
+    assert!(
+        tile.wait_for(Duration::from_secs(10), videos(seen + 60))
+            .await
+    );
+    // The tile now shows the second session's video.
+    let got = video(&tile.with_state(|s| s.received[seen..].to_vec()));
+    let from_second = video(&second.with_state(|s| s.sent.clone()));
+    let tail = &got[got.len() - 30..];
+    assert!(
+        tail.iter().all(|p| from_second.contains(p)),
+        "the tile follows the new session"
+    );
+    // The first session is gone; alice is listed once.
+    assert_eq!(first.delete().await.unwrap(), 404);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&server, "again"))
+        .await
+        .unwrap();
+    assert_eq!(names(&next_json(&mut socket).await), ["alice"]);
+    // Another name in the room is left alone.
+    let bob = Peer::start(publisher(&server, "again", "bob"))
+        .await
+        .unwrap();
+    assert_eq!(names(&next_json(&mut socket).await), ["alice", "bob"]);
+
+    for peer in [tile, second, bob] {
+        assert_eq!(peer.delete().await.unwrap(), 200);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tile_needs_only_its_participants_codec() {
     let server = TestServer::start().await;
     let h264 = |publish, participant: Option<&str>| PeerOptions {
