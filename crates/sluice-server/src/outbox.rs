@@ -1,21 +1,47 @@
 //! Outgoing datagrams, sent in batches: one `sendmmsg` system call carries
 //! up to [`BATCH`] datagrams to any mix of peers (Linux), which is what an
-//! SFU fanning one packet out to hundreds of viewers needs. Other systems
-//! send them one by one.
+//! SFU fanning one packet out to hundreds of viewers needs. Consecutive
+//! datagrams to one peer that share a size go as one UDP GSO send
+//! (`UDP_SEGMENT`): the kernel walks its send path once for the run and
+//! cuts it into datagrams at the end. Runs appear when the shard is busy
+//! and several packets reach a viewer in one round, so the busier the
+//! shard, the less each datagram costs. Other systems send datagrams one
+//! by one.
 
 use std::net::SocketAddr;
 
 use sluice_session::Transmit;
 use tokio::net::UdpSocket;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Datagrams per system call.
 pub(crate) const BATCH: usize = 64;
 
+/// Most bytes one GSO send may carry: an IPv4 UDP datagram's limit, with
+/// room to spare.
+#[cfg(target_os = "linux")]
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Largest datagram sent as part of a GSO run: every segment must fit the
+/// path MTU, which WebRTC's datagrams (about 1,200 bytes) always do.
+#[cfg(target_os = "linux")]
+const GSO_MAX_SEGMENT: usize = 1_400;
+
 /// Datagrams waiting to be sent.
-#[derive(Default)]
 pub(crate) struct Outbox {
     queue: Vec<Transmit>,
+    /// Whether runs to one peer go as one GSO send; cleared, once and for
+    /// good, when the kernel refuses one.
+    gso: bool,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            queue: Vec::new(),
+            gso: cfg!(target_os = "linux"),
+        }
+    }
 }
 
 impl Outbox {
@@ -34,8 +60,12 @@ impl Outbox {
         let mut sent = 0;
         while sent < self.queue.len() {
             let batch = &self.queue[sent..self.queue.len().min(sent + BATCH)];
-            match send_batch(socket, batch) {
+            match send_batch(socket, batch, self.gso) {
                 Ok(n) => sent += n.max(1),
+                Err(e) if self.gso && gso_run(batch) > 1 && gso_refused(&e) => {
+                    warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                    self.gso = false;
+                }
                 Err(e) => {
                     debug!("udp send to {} failed: {e}", batch[0].destination);
                     sent += 1;
@@ -46,42 +76,112 @@ impl Outbox {
     }
 }
 
-/// Send the leading datagrams of `batch`; returns how many went.
+/// How many leading datagrams of `batch` can go as one GSO send: all to
+/// one peer, all of the first one's size but the last, which may be
+/// shorter.
 #[cfg(target_os = "linux")]
-fn send_batch(socket: &UdpSocket, batch: &[Transmit]) -> std::io::Result<usize> {
+fn gso_run(batch: &[Transmit]) -> usize {
+    let first = &batch[0];
+    let size = first.contents.len();
+    if size > GSO_MAX_SEGMENT {
+        return 1;
+    }
+    let mut bytes = size;
+    let mut run = 1;
+    for t in &batch[1..] {
+        let len = t.contents.len();
+        if t.destination != first.destination || len > size || bytes + len > GSO_MAX_BYTES {
+            break;
+        }
+        bytes += len;
+        run += 1;
+        if len < size {
+            break; // a shorter datagram ends the run
+        }
+    }
+    run
+}
+
+/// Whether a send error says the kernel cannot do UDP GSO here (an old
+/// kernel, or a device without checksum offload).
+#[cfg(target_os = "linux")]
+fn gso_refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+    )
+}
+
+/// Send the leading datagrams of `batch`, runs to one peer as one GSO send
+/// when `gso`; returns how many datagrams went.
+#[cfg(target_os = "linux")]
+fn send_batch(socket: &UdpSocket, batch: &[Transmit], gso: bool) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
+
+    /// Room for one control message carrying a `u16` (the segment size),
+    /// aligned as `cmsghdr` needs.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(8))]
+    struct SegmentControl([u8; 24]);
 
     // SAFETY (all zeroed values below): plain C structs for which all-zero
     // bytes is a valid value.
     let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
     let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut controls = [SegmentControl([0; 24]); BATCH];
+    // The datagrams sent once message `i` has gone.
+    let mut ends = [0usize; BATCH];
     let n = batch.len().min(BATCH);
     for (i, t) in batch[..n].iter().enumerate() {
-        let len = write_sockaddr(t.destination, &mut addrs[i]);
         iovs[i].iov_base = t.contents.as_ptr() as *mut libc::c_void;
         iovs[i].iov_len = t.contents.len();
-        let hdr = &mut msgs[i].msg_hdr;
-        hdr.msg_name = &mut addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
-        hdr.msg_namelen = len;
-        hdr.msg_iov = &mut iovs[i];
-        hdr.msg_iovlen = 1;
     }
-    // SAFETY: every header points into `addrs` and `iovs`, and every iovec
-    // into a datagram of `batch`; all of them outlive the call, and `n` is
-    // the number of initialised headers.
+    let mut count = 0;
+    let mut start = 0;
+    while start < n {
+        let run = if gso { gso_run(&batch[start..n]) } else { 1 };
+        let len = write_sockaddr(batch[start].destination, &mut addrs[count]);
+        let hdr = &mut msgs[count].msg_hdr;
+        hdr.msg_name = &mut addrs[count] as *mut libc::sockaddr_storage as *mut libc::c_void;
+        hdr.msg_namelen = len;
+        hdr.msg_iov = &mut iovs[start];
+        hdr.msg_iovlen = run as _;
+        if run > 1 {
+            let segment = batch[start].contents.len() as u16;
+            // SAFETY: the control buffer is aligned for `cmsghdr` and has
+            // room for one header and a u16 (CMSG_SPACE(2) is 24 bytes on
+            // 64-bit Linux, 16 on 32-bit); `msg_control` points at it for
+            // the CMSG macros.
+            unsafe {
+                hdr.msg_control = controls[count].0.as_mut_ptr() as *mut libc::c_void;
+                hdr.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
+            }
+        }
+        start += run;
+        ends[count] = start;
+        count += 1;
+    }
+    // SAFETY: every header points into `addrs`, `iovs` and `controls`, and
+    // every iovec into a datagram of `batch`; all of them outlive the call,
+    // and `count` is the number of initialised headers.
     let sent = unsafe {
         libc::sendmmsg(
             socket.as_raw_fd(),
             msgs.as_mut_ptr(),
-            n as libc::c_uint,
+            count as libc::c_uint,
             libc::MSG_DONTWAIT,
         )
     };
-    if sent < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
+    match sent {
+        ..0 => Err(std::io::Error::last_os_error()),
+        0 => Ok(0),
+        m => Ok(ends[m as usize - 1]),
     }
 }
 
@@ -158,9 +258,21 @@ pub(crate) fn set_dont_fragment(_: &UdpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Systems without `sendmmsg` send datagrams one by one.
+#[cfg(not(target_os = "linux"))]
+fn gso_run(_: &[Transmit]) -> usize {
+    1
+}
+
+/// Systems without `sendmmsg` or GSO never see a refusal.
+#[cfg(not(target_os = "linux"))]
+fn gso_refused(_: &std::io::Error) -> bool {
+    false
+}
+
 /// Send the first datagram of `batch` (systems without `sendmmsg`).
 #[cfg(not(target_os = "linux"))]
-fn send_batch(socket: &UdpSocket, batch: &[Transmit]) -> std::io::Result<usize> {
+fn send_batch(socket: &UdpSocket, batch: &[Transmit], _gso: bool) -> std::io::Result<usize> {
     let t = &batch[0];
     socket.try_send_to(&t.contents, t.destination).map(|_| 1)
 }
@@ -211,5 +323,84 @@ mod tests {
                 i += 3;
             }
         }
+    }
+
+    /// Runs of equal-sized datagrams to one receiver (sent with GSO where
+    /// the kernel can) still arrive as the separate datagrams they were,
+    /// in order, whether a shorter or a longer one ends the run or another
+    /// receiver's datagram interrupts it.
+    #[tokio::test]
+    async fn runs_to_one_receiver_arrive_as_separate_datagrams() {
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let source = sender.local_addr().unwrap();
+        let plan: Vec<(&UdpSocket, usize)> = [(&a, 300); 5]
+            .into_iter()
+            .chain([(&a, 120), (&b, 300), (&b, 300)])
+            .chain([(&a, 300); 3])
+            .chain([(&a, 500), (&a, 500), (&b, 40)])
+            .chain([(&a, 1_200); 60])
+            .collect();
+        let mut outbox = Outbox::default();
+        for (i, (to, len)) in plan.iter().enumerate() {
+            let mut contents = vec![i as u8; *len];
+            contents[0] = (i >> 8) as u8;
+            outbox.push(
+                &sender,
+                Transmit {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: to.local_addr().unwrap(),
+                    contents: contents.into(),
+                },
+            );
+        }
+        outbox.flush(&sender);
+        let mut buf = [0u8; 2048];
+        for receiver in [&a, &b] {
+            let own = plan
+                .iter()
+                .enumerate()
+                .filter(|(_, (to, _))| to.local_addr().unwrap() == receiver.local_addr().unwrap());
+            for (i, (_, len)) in own {
+                let n = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    receiver.recv(&mut buf),
+                )
+                .await
+                .expect("datagram arrives")
+                .unwrap();
+                assert_eq!(n, *len, "datagram {i} keeps its size");
+                assert_eq!(buf[0], (i >> 8) as u8);
+                assert!(buf[1..n].iter().all(|&x| x == i as u8), "datagram {i}");
+            }
+        }
+        #[cfg(target_os = "linux")]
+        assert!(outbox.gso, "the kernel took the GSO sends");
+    }
+
+    /// Which leading datagrams make one GSO send.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_run_is_one_peer_one_size_and_at_most_one_shorter_tail() {
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let batch = |plan: &[(SocketAddr, usize)]| -> Vec<Transmit> {
+            plan.iter()
+                .map(|&(destination, len)| Transmit {
+                    proto: Protocol::Udp,
+                    source: a,
+                    destination,
+                    contents: vec![0; len].into(),
+                })
+                .collect()
+        };
+        let run = |plan: &[(SocketAddr, usize)]| gso_run(&batch(plan));
+        assert_eq!(run(&[(a, 300), (a, 300), (a, 120), (a, 120)]), 3);
+        assert_eq!(run(&[(a, 300), (a, 300), (b, 300)]), 2);
+        assert_eq!(run(&[(a, 300), (a, 500)]), 1);
+        assert_eq!(run(&[(a, 1_500), (a, 1_500)]), 1);
+        assert_eq!(run(&[(a, 1_200); 60]), GSO_MAX_BYTES / 1_200);
     }
 }
