@@ -11,9 +11,6 @@
 const SRTP_TAG: usize = 16;
 /// The fixed RTP header.
 const RTP_HEADER: usize = 12;
-/// Enough of a datagram to read any RTP header Sluice sends: fixed part,
-/// CSRCs and header extensions.
-pub const HEAD: usize = 256;
 
 /// The first SSRC each media section of an SDP announces: `(ssrc, is_video)`.
 pub fn ssrcs_by_kind(sdp: &str) -> Vec<(u32, bool)> {
@@ -34,26 +31,25 @@ pub fn ssrcs_by_kind(sdp: &str) -> Vec<(u32, bool)> {
     out
 }
 
-/// The SSRC, sequence number and payload size of an SRTP packet of `len`
-/// bytes whose first bytes are `head` (all of it, or at least its RTP
-/// header), or `None` for anything else (STUN, DTLS, RTCP).
-pub fn rtp_header(head: &[u8], len: usize) -> Option<(u32, u16, usize)> {
-    if head.len() < RTP_HEADER || !(128..=191).contains(&head[0]) {
+/// The SSRC, sequence number and payload size of an SRTP packet, or
+/// `None` for any other datagram (STUN, DTLS, RTCP).
+pub fn rtp_header(datagram: &[u8]) -> Option<(u32, u16, usize)> {
+    if datagram.len() < RTP_HEADER || !(128..=191).contains(&datagram[0]) {
         return None;
     }
     // RTCP packet types 192-223 share the first byte's range (RFC 5761).
-    if (192..=223).contains(&head[1]) {
+    if (192..=223).contains(&datagram[1]) {
         return None;
     }
-    let seq = u16::from_be_bytes([head[2], head[3]]);
-    let ssrc = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-    let mut header = RTP_HEADER + 4 * usize::from(head[0] & 0x0f);
-    if head[0] & 0x10 != 0 {
+    let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
+    let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+    let mut header = RTP_HEADER + 4 * usize::from(datagram[0] & 0x0f);
+    if datagram[0] & 0x10 != 0 {
         // Extension block: 4 bytes of profile and length, then 32-bit words.
-        let words = head.get(header + 2..header + 4)?;
+        let words = datagram.get(header + 2..header + 4)?;
         header += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
     }
-    let payload = len.checked_sub(header + SRTP_TAG)?;
+    let payload = datagram.len().checked_sub(header + SRTP_TAG)?;
     Some((ssrc, seq, payload))
 }
 
@@ -99,19 +95,17 @@ mod tests {
     fn reads_rtp_headers_and_skips_the_rest() {
         let mut p = vec![0x80, 96, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 7];
         p.extend([0u8; 30]);
-        assert_eq!(rtp_header(&p, p.len()), Some((7, 0x1234, 14)));
-        // Only the head was read: the length comes from the datagram.
-        assert_eq!(rtp_header(&p[..12], 1012), Some((7, 0x1234, 984)));
+        assert_eq!(rtp_header(&p), Some((7, 0x1234, 14)));
         // One CSRC and a two-word extension block before the payload.
         let mut x = vec![0x91, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1];
         x.extend([0xbe, 0xde, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8]);
         x.extend([0u8; 50]);
-        assert_eq!(rtp_header(&x, x.len()), Some((9, 1, 34)));
-        assert_eq!(rtp_header(&x[..18], 100), None, "extension length cut off");
-        assert_eq!(rtp_header(&p[..12], 20), None, "shorter than a tag");
+        assert_eq!(rtp_header(&x), Some((9, 1, 34)));
+        assert_eq!(rtp_header(&x[..18]), None, "extension length cut off");
+        assert_eq!(rtp_header(&p[..20]), None, "shorter than a tag");
         p[1] = 200; // RTCP sender report
-        assert_eq!(rtp_header(&p, p.len()), None);
-        assert_eq!(rtp_header(&[0x00, 0x01, 0, 0], 4), None); // STUN
+        assert_eq!(rtp_header(&p), None);
+        assert_eq!(rtp_header(&[0x00, 0x01, 0, 0]), None); // STUN
     }
 
     #[test]
