@@ -432,7 +432,7 @@ impl Shard {
     }
 
     /// Fan one publisher packet out to its viewers.
-    fn forward(&mut self, publisher: SessionId, rtp: IncomingRtp, now: Instant) {
+    fn forward(&mut self, publisher: SessionId, rtp: Box<IncomingRtp>, now: Instant) {
         let Some(entry) = self.sessions.get(&publisher) else {
             return;
         };

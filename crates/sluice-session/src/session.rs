@@ -59,10 +59,10 @@ pub struct IncomingRtp {
 
 /// Something that happened to a session.
 ///
-/// `Rtp` is large but not boxed: events go through a queue that keeps its
-/// capacity, so an unboxed packet costs no allocation per packet.
+/// `Rtp` is boxed: a packet arrives once but every [`SessionOutput`] of
+/// every viewer (one per datagram sent) is moved around at the size of the
+/// largest variant, and an unboxed `RtpPacket` made that over 500 bytes.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub enum SessionEvent {
     /// ICE and DTLS are up.
     Connected,
@@ -78,7 +78,7 @@ pub enum SessionEvent {
         rids: Vec<Option<String>>,
     },
     /// An RTP packet arrived.
-    Rtp(IncomingRtp),
+    Rtp(Box<IncomingRtp>),
     /// The peer lost a picture on `mid` (PLI or FIR).
     KeyframeRequest {
         /// The media section of the outgoing track.
@@ -508,14 +508,14 @@ impl Session {
             Codec::Vp8 => Vp8Descriptor::parse(&packet.payload).ok(),
             _ => None,
         };
-        Some(SessionEvent::Rtp(IncomingRtp {
+        Some(SessionEvent::Rtp(Box::new(IncomingRtp {
             mid: self.tracks[track].mid,
             layer,
             codec,
             params,
             vp8,
             packet,
-        }))
+        })))
     }
 
     /// Tell the bandwidth estimator how much this viewer would like to
