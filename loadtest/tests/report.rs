@@ -16,7 +16,7 @@ async fn start_server() -> (String, mpsc::Sender<()>, JoinHandle<std::io::Result
     let (stop, stopped) = mpsc::channel(2);
     let config = sluice::Config::default();
     let server =
-        tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
+        tokio::spawn(async move { sluice::serve(&config, listener, vec![socket], stopped).await });
     (url, stop, server)
 }
 

@@ -1,4 +1,6 @@
-//! The typed interface between the control plane and the shard.
+//! The typed interface between the control plane and the shards: a room
+//! lives on one shard, chosen from its name, and a session's resource id
+//! names the shard that holds it.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -230,16 +232,44 @@ pub(crate) enum Command {
 /// Cheap, cloneable handle to the media server.
 #[derive(Debug, Clone)]
 pub struct ControlHandle {
-    tx: mpsc::Sender<Command>,
+    /// One command channel per shard, in shard index order.
+    shards: Arc<[mpsc::Sender<Command>]>,
     room_changes: broadcast::Sender<Arc<str>>,
+}
+
+/// The shard a room lives on, among `shards`: a stable hash of its name,
+/// so every request about the room finds it.
+pub fn shard_of_room(room: &str, shards: usize) -> usize {
+    // FNV-1a, the same in every process and build, then a final mix so the
+    // low bits (the shard) depend on every bit of the name.
+    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mixed = (hash ^ (hash >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    ((mixed ^ (mixed >> 33)) % shards as u64) as usize
+}
+
+/// The shard that handed out `resource` (its first two hex digits), if
+/// any of `shards` did.
+fn shard_of_resource(resource: &str, shards: usize) -> Option<usize> {
+    let index = u8::from_str_radix(resource.get(..2)?, 16).ok()?;
+    (usize::from(index) < shards).then_some(usize::from(index))
 }
 
 impl ControlHandle {
     pub(crate) fn new(
-        tx: mpsc::Sender<Command>,
+        shards: Vec<mpsc::Sender<Command>>,
         room_changes: broadcast::Sender<Arc<str>>,
     ) -> Self {
-        ControlHandle { tx, room_changes }
+        ControlHandle {
+            shards: shards.into(),
+            room_changes,
+        }
+    }
+
+    /// How many shards forward media (one per core given to media).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// Names of rooms whose publishing participants changed, as they
@@ -251,10 +281,13 @@ impl ControlHandle {
     /// The participants publishing in `room`, oldest first.
     pub async fn participants(&self, room: &str) -> Result<Vec<ParticipantInfo>, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Participants {
-            room: room.to_owned(),
-            reply,
-        })
+        self.send_to_room(
+            room,
+            Command::Participants {
+                room: room.to_owned(),
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)
     }
@@ -262,18 +295,23 @@ impl ControlHandle {
     /// Create a publisher or viewer session from an SDP offer.
     pub async fn create(&self, request: SessionRequest) -> Result<Created, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Create { request, reply }).await?;
+        let room = request.room.clone();
+        self.send_to_room(&room, Command::Create { request, reply })
+            .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
     /// End the session with this resource id on behalf of `caller`.
     pub async fn delete(&self, resource: &str, caller: Option<Caller>) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Delete {
-            resource: resource.to_owned(),
-            caller,
-            reply,
-        })
+        self.send_to_resource(
+            resource,
+            Command::Delete {
+                resource: resource.to_owned(),
+                caller,
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
@@ -288,13 +326,16 @@ impl ControlHandle {
         frag: &str,
     ) -> Result<Patched, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Patch {
-            resource: resource.to_owned(),
-            caller,
-            if_match: if_match.map(str::to_owned),
-            frag: frag.to_owned(),
-            reply,
-        })
+        self.send_to_resource(
+            resource,
+            Command::Patch {
+                resource: resource.to_owned(),
+                caller,
+                if_match: if_match.map(str::to_owned),
+                frag: frag.to_owned(),
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
@@ -308,34 +349,52 @@ impl ControlHandle {
         choice: LayerChoice,
     ) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::ChooseLayer {
-            resource: resource.to_owned(),
-            caller,
-            choice,
-            reply,
-        })
+        self.send_to_resource(
+            resource,
+            Command::ChooseLayer {
+                resource: resource.to_owned(),
+                caller,
+                choice,
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
-    /// Every room, or just `room`.
+    /// Every room (by name), or just `room`.
     pub async fn rooms(&self, room: Option<&str>) -> Result<Vec<RoomInfo>, ControlError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Rooms {
-            room: room.map(str::to_owned),
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| ControlError::Unavailable)
+        let shards: Vec<usize> = match room {
+            Some(room) => vec![shard_of_room(room, self.shards.len())],
+            None => (0..self.shards.len()).collect(),
+        };
+        let mut rooms = Vec::new();
+        for shard in shards {
+            let (reply, rx) = oneshot::channel();
+            let command = Command::Rooms {
+                room: room.map(str::to_owned),
+                reply,
+            };
+            self.shards[shard]
+                .send(command)
+                .await
+                .map_err(|_| ControlError::Unavailable)?;
+            rooms.extend(rx.await.map_err(|_| ControlError::Unavailable)?);
+        }
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rooms)
     }
 
     /// End every session of `room`; returns how many there were.
     pub async fn close_room(&self, room: &str) -> Result<usize, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::CloseRoom {
-            room: room.to_owned(),
-            reply,
-        })
+        self.send_to_room(
+            room,
+            Command::CloseRoom {
+                room: room.to_owned(),
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
@@ -343,11 +402,14 @@ impl ControlHandle {
     /// End one session of `room` (remove a participant).
     pub async fn remove_session(&self, room: &str, resource: &str) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::RemoveSession {
-            room: room.to_owned(),
-            resource: resource.to_owned(),
-            reply,
-        })
+        self.send_to_room(
+            room,
+            Command::RemoveSession {
+                room: room.to_owned(),
+                resource: resource.to_owned(),
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
@@ -360,25 +422,62 @@ impl ControlHandle {
         muted: bool,
     ) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::MuteTrack {
-            room: room.to_owned(),
-            track,
-            muted,
-            reply,
-        })
+        self.send_to_room(
+            room,
+            Command::MuteTrack {
+                room: room.to_owned(),
+                track,
+                muted,
+                reply,
+            },
+        )
         .await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
-    /// Close every session and stop the shard.
+    /// Close every session and stop the shards.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        for shard in self.shards.iter() {
+            let _ = shard.send(Command::Shutdown).await;
+        }
     }
 
-    async fn send(&self, command: Command) -> Result<(), ControlError> {
-        self.tx
+    /// Send to the shard `room` lives on.
+    async fn send_to_room(&self, room: &str, command: Command) -> Result<(), ControlError> {
+        let shard = &self.shards[shard_of_room(room, self.shards.len())];
+        shard
             .send(command)
             .await
             .map_err(|_| ControlError::Unavailable)
+    }
+
+    /// Send to the shard that holds `resource`; no shard does when its id
+    /// names none.
+    async fn send_to_resource(&self, resource: &str, command: Command) -> Result<(), ControlError> {
+        let index = shard_of_resource(resource, self.shards.len()).ok_or(ControlError::NotFound)?;
+        self.shards[index]
+            .send(command)
+            .await
+            .map_err(|_| ControlError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_spread_over_shards_and_resources_name_theirs() {
+        let placed: std::collections::HashSet<usize> = (0..32)
+            .map(|i| shard_of_room(&format!("room-{i}"), 4))
+            .collect();
+        assert_eq!(placed.len(), 4, "32 rooms reach all 4 shards");
+        assert_eq!(shard_of_room("a", 3), shard_of_room("a", 3));
+        assert_eq!(shard_of_room("anything", 1), 0);
+        assert_eq!(shard_of_resource("01ab", 2), Some(1));
+        assert_eq!(shard_of_resource("02ab", 2), None, "no third shard");
+        assert_eq!(shard_of_resource("zz", 2), None);
+        assert_eq!(shard_of_resource("", 2), None);
+        assert_eq!(shard_of_resource("€", 2), None, "not a char boundary");
     }
 }

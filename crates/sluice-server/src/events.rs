@@ -69,8 +69,8 @@ impl Event {
     }
 }
 
-/// Where the shard sends events, if anyone listens.
-#[derive(Debug, Default)]
+/// Where the shards send events, if anyone listens.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct EventSink(Option<mpsc::Sender<Event>>);
 
 impl EventSink {

@@ -1,22 +1,25 @@
-//! The I/O side of Sluice: one UDP socket for every peer, a shard task that
-//! owns all sessions and the router, and a [`ControlHandle`] through which
-//! the HTTP layer creates and ends sessions.
+//! The I/O side of Sluice: shards, each a tokio task with a UDP socket of
+//! its own that owns the sessions and the router of the rooms placed on it,
+//! and a [`ControlHandle`] through which the HTTP layer creates and ends
+//! sessions. One shard per core given to media; a room lives on one shard.
 //!
 //! The data path of one packet: `recv_from` → find the session by remote
 //! address (or by STUN ufrag for a new peer) → `Session::handle_datagram` →
 //! drain `Session::poll` → `Router::on_packet` → `Session::write_rtp` on each
 //! viewer → after the receive batch, one timeout and drain per viewer that
-//! got packets → `sendmmsg`, 64 datagrams per call.
+//! got packets → `sendmmsg`, 64 datagrams (or GSO runs) per call.
 
 pub mod admin;
 mod control;
 pub mod events;
 pub mod metrics;
 mod outbox;
+mod quota;
 mod shard;
 
 pub use control::{
     Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig, SessionRequest,
+    shard_of_room,
 };
 pub use metrics::Metrics;
 pub use sluice_router::LayerChoice;
@@ -28,33 +31,58 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Start the media server on an already bound UDP `socket`.
+/// Most shards one server runs: a resource id names its shard in two hex
+/// digits.
+pub const MAX_SHARDS: usize = 256;
+
+/// Start the media server: one shard on each of the already bound UDP
+/// `sockets` (at least one, at most [`MAX_SHARDS`]).
 ///
-/// Returns the handle the control plane talks through and the shard task,
-/// which ends when every [`ControlHandle`] clone is dropped or
-/// [`ControlHandle::shutdown`] is called.
+/// Returns the handle the control plane talks through and a task that ends
+/// when every shard has, which they do when every [`ControlHandle`] clone is
+/// dropped or [`ControlHandle::shutdown`] is called.
 ///
 /// Lifecycle events go to `events` when given (for webhooks).
 pub fn start(
     config: ServerConfig,
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     metrics: Metrics,
     events: Option<mpsc::Sender<events::Event>>,
 ) -> std::io::Result<(ControlHandle, JoinHandle<()>)> {
-    let local: SocketAddr = socket.local_addr()?;
-    outbox::set_dont_fragment(&socket)?;
-    let candidate = config.candidate_address(local)?;
-    let (tx, rx) = mpsc::channel(1024);
+    if sockets.is_empty() || sockets.len() > MAX_SHARDS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a server runs 1 to {MAX_SHARDS} shards, not {}",
+                sockets.len()
+            ),
+        ));
+    }
     let sink = events::EventSink::new(events);
+    let quota = quota::Quota::new(&config.limits);
     let (room_changes, _) = tokio::sync::broadcast::channel(256);
-    let shard = shard::Shard::new(
-        config,
-        socket,
-        (local, candidate),
-        metrics,
-        sink,
-        room_changes.clone(),
-    );
-    let task = tokio::spawn(shard.run(rx));
-    Ok((ControlHandle::new(tx, room_changes), task))
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let local: SocketAddr = socket.local_addr()?;
+        outbox::set_dont_fragment(&socket)?;
+        let candidate = config.candidate_address(local)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let shared = shard::Shared {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            quota: quota.clone(),
+            events_out: sink.clone(),
+            room_changes: room_changes.clone(),
+        };
+        let shard = shard::Shard::new(index as u8, socket, (local, candidate), shared);
+        senders.push(tx);
+        tasks.push(tokio::spawn(shard.run(rx)));
+    }
+    let all = tokio::spawn(async move {
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    Ok((ControlHandle::new(senders, room_changes), all))
 }

@@ -1,5 +1,6 @@
-//! The shard: one tokio task owning the UDP socket, every session and the
-//! router, so forwarding within a room needs no lock.
+//! A shard: one tokio task owning a UDP socket, the sessions of the rooms
+//! placed on it and their router, so forwarding within a room needs no
+//! lock. A server runs one shard per configured core.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -29,6 +30,7 @@ use crate::control::{
 use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
 use crate::outbox::Outbox;
+use crate::quota::Quota;
 
 /// Bandwidth kept for each audio track of a viewer before video gets the
 /// rest of its estimate (Opus at its usual rates, with headers).
@@ -70,8 +72,11 @@ struct Entry {
     joining_since: Option<Instant>,
 }
 
-/// Owner of all sessions of this server.
+/// Owner of the sessions of the rooms placed on this shard.
 pub(crate) struct Shard {
+    /// This shard's place among the server's shards; it leads every
+    /// resource id the shard hands out, so requests find their way back.
+    index: u8,
     socket: UdpSocket,
     local: SocketAddr,
     session_config: SessionConfig,
@@ -89,26 +94,52 @@ pub(crate) struct Shard {
     next_id: u64,
     metrics: Metrics,
     tally: Tally,
+    /// The gauges' values this shard last added in (see [`Shard::report`]).
+    reported: Reported,
     limits: Limits,
-    /// Live sessions per room and per client address, for the limits.
+    /// What this shard took of the limits all shards share.
+    quota: Quota,
+    /// Live sessions per room, for the per-room limit.
     per_room: HashMap<Arc<str>, usize>,
-    per_address: HashMap<IpAddr, usize>,
     events_out: EventSink,
     /// Rooms whose publishing participants changed, for conference clients.
     room_changes: broadcast::Sender<Arc<str>>,
 }
 
+/// This shard's share of the server-wide gauges, as last added in.
+#[derive(Default)]
+struct Reported {
+    rooms: i64,
+    participants: i64,
+    publications: i64,
+}
+
+/// What every shard of a server shares.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) quota: Quota,
+    pub(crate) events_out: EventSink,
+    pub(crate) room_changes: broadcast::Sender<Arc<str>>,
+}
+
 impl Shard {
     pub(crate) fn new(
-        config: ServerConfig,
+        index: u8,
         socket: UdpSocket,
         (local, candidate): (SocketAddr, SocketAddr),
-        metrics: Metrics,
-        events_out: EventSink,
-        room_changes: broadcast::Sender<Arc<str>>,
+        shared: Shared,
     ) -> Self {
+        let Shared {
+            config,
+            metrics,
+            quota,
+            events_out,
+            room_changes,
+        } = shared;
         let limits = config.limits.clone();
         Shard {
+            index,
             socket,
             local,
             session_config: SessionConfig {
@@ -131,9 +162,10 @@ impl Shard {
             next_id: 1,
             metrics,
             tally: Tally::default(),
+            reported: Reported::default(),
             limits,
+            quota,
             per_room: HashMap::new(),
-            per_address: HashMap::new(),
             events_out,
             room_changes,
         }
@@ -143,7 +175,7 @@ impl Shard {
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut flush = tokio::time::interval(METRICS_FLUSH);
-        info!(udp = %self.local, "media shard started");
+        info!(shard = self.index, udp = %self.local, "media shard started");
         loop {
             let deadline = self
                 .timers
@@ -162,17 +194,7 @@ impl Shard {
                     Some(command) => self.on_command(command),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timers(Instant::now()),
-                _ = flush.tick() => {
-                    self.tally.flush(&self.metrics);
-                    self.metrics.rooms.set(self.per_room.len() as i64);
-                    self.metrics.participants.set(self.participant_count() as i64);
-                    self.metrics
-                        .layer_switches
-                        .inc_by(self.router.take_layer_switches());
-                    self.metrics
-                        .publications
-                        .set(self.router.publication_count() as i64);
-                }
+                _ = flush.tick() => self.report(),
             }
             self.outbox.flush(&self.socket);
         }
@@ -181,8 +203,31 @@ impl Shard {
             self.close(id, CloseReason::Ended);
         }
         self.outbox.flush(&self.socket);
+        self.report();
+        info!(shard = self.index, "media shard stopped");
+    }
+
+    /// Add this shard's counts to the server's metrics: the packet tallies,
+    /// and the change in its share of the room, participant and
+    /// publication gauges (several shards feed each gauge).
+    fn report(&mut self) {
         self.tally.flush(&self.metrics);
-        info!("media shard stopped");
+        self.metrics
+            .layer_switches
+            .inc_by(self.router.take_layer_switches());
+        let now = Reported {
+            rooms: self.per_room.len() as i64,
+            participants: self.participant_count() as i64,
+            publications: self.router.publication_count() as i64,
+        };
+        self.metrics.rooms.add(now.rooms - self.reported.rooms);
+        self.metrics
+            .participants
+            .add(now.participants - self.reported.participants);
+        self.metrics
+            .publications
+            .add(now.publications - self.reported.publications);
+        self.reported = now;
     }
 
     /// Handle one received datagram and whatever else is already queued,
@@ -781,7 +826,13 @@ impl Shard {
             participant,
         } = request;
         let (room, offer) = (room.as_str(), offer.as_str());
-        self.check_limits(room, client)?;
+        let in_room = self.per_room.get(room).copied();
+        let new_room = in_room.is_none();
+        self.quota.admit(new_room, client)?;
+        if in_room.is_some_and(|n| n >= self.limits.max_sessions_per_room) {
+            self.quota.release(new_room, client);
+            return Err(ControlError::RoomFull);
+        }
         let now = Instant::now();
         let follow = match (&participant, role) {
             (Some(name), Role::Viewer) => Follow::Participant(Arc::from(name.as_str())),
@@ -792,14 +843,20 @@ impl Shard {
             Role::Viewer => self.publisher_codecs(room, &follow),
         };
         let (mut session, answer) =
-            Session::accept(role, offer, &self.session_config, &codecs, now)
-                .map_err(ControlError::Negotiate)?;
+            match Session::accept(role, offer, &self.session_config, &codecs, now) {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    self.quota.release(new_room, client);
+                    return Err(ControlError::Negotiate(e));
+                }
+            };
         if let (Role::Publisher, Some(name)) = (role, &participant) {
             self.replace_participant(room, name);
         }
         let id = SessionId(self.next_id);
         self.next_id += 1;
-        let resource = format!("{:032x}", rand::random::<u128>());
+        // The shard's index, then 120 random bits.
+        let resource = format!("{:02x}{:030x}", self.index, rand::random::<u128>() >> 8);
         let ufrag = session.local_ufrag();
         let etag = session.etag();
         let room: Arc<str> = self
@@ -811,7 +868,6 @@ impl Shard {
         if *room_sessions == 1 {
             self.emit(Event::room(EventKind::RoomStarted, &room));
         }
-        *self.per_address.entry(client).or_default() += 1;
         let mut tracks = Vec::new();
         if role == Role::Viewer {
             for (index, (mid, kind)) in session.send_tracks().into_iter().enumerate() {
@@ -912,21 +968,6 @@ impl Shard {
         }
     }
 
-    /// Refuse a new session when the server, the room or the client's
-    /// address is full.
-    fn check_limits(&self, room: &str, client: IpAddr) -> Result<(), ControlError> {
-        if self.per_address.get(&client).copied().unwrap_or(0)
-            >= self.limits.max_sessions_per_address
-        {
-            return Err(ControlError::TooManySessions);
-        }
-        match self.per_room.get(room) {
-            Some(&n) if n >= self.limits.max_sessions_per_room => Err(ControlError::RoomFull),
-            None if self.per_room.len() >= self.limits.max_rooms => Err(ControlError::TooManyRooms),
-            _ => Ok(()),
-        }
-    }
-
     /// The codecs of what a new viewer following `follow` will receive
     /// (the room's feeds, or one participant's publications): it must be
     /// able to decode them.
@@ -990,10 +1031,11 @@ impl Shard {
         }
         decrement(&mut self.per_room, &entry.room);
         self.emit(participant_event(EventKind::ParticipantLeft, &entry));
-        if !self.per_room.contains_key(&entry.room) {
+        let room_ended = !self.per_room.contains_key(&entry.room);
+        if room_ended {
             self.emit(Event::room(EventKind::RoomFinished, &entry.room));
         }
-        decrement(&mut self.per_address, &entry.client);
+        self.quota.release(room_ended, entry.client);
         self.by_ufrag.remove(&entry.ufrag);
         self.by_resource.remove(&entry.resource);
         let identity = entry.identity.as_deref().unwrap_or("-");

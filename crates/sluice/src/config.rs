@@ -189,8 +189,12 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
-    /// The UDP socket for all media.
+    /// The UDP socket of the first media shard; shard `i` binds the port
+    /// after the first plus `i` (every shard picks one when the port is 0).
     pub udp: SocketAddr,
+    /// Media shards: each forwards the rooms placed on it on a core of
+    /// its own, through a UDP port of its own.
+    pub shards: usize,
     /// Address announced in ICE candidates (needed when `udp` is 0.0.0.0).
     pub public_ip: Option<IpAddr>,
     /// Seconds of silence after which a peer is dropped.
@@ -234,11 +238,43 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             udp: SocketAddr::from(([127, 0, 0, 1], 50000)),
+            shards: 1,
             public_ip: None,
             consent_timeout_secs: 30,
             keyframe_interval_ms: 200,
             viewer_start_bitrate_kbps: 0,
         }
+    }
+}
+
+impl MediaConfig {
+    /// The UDP address of each shard: `udp`, then the ports after it (all
+    /// port 0 when `udp`'s is).
+    pub fn udp_addresses(&self) -> Result<Vec<SocketAddr>, String> {
+        if !(1..=sluice_server::MAX_SHARDS).contains(&self.shards) {
+            return Err(format!(
+                "media.shards must be 1 to {}, not {}",
+                sluice_server::MAX_SHARDS,
+                self.shards
+            ));
+        }
+        (0..self.shards)
+            .map(|i| {
+                let port = match self.udp.port() {
+                    0 => Some(0),
+                    first => u16::try_from(i).ok().and_then(|i| first.checked_add(i)),
+                };
+                port.map(|port| SocketAddr::new(self.udp.ip(), port))
+                    .ok_or_else(|| {
+                        format!(
+                            "{} shards need ports {} to {}, past 65535",
+                            self.shards,
+                            self.udp.port(),
+                            usize::from(self.udp.port()) + self.shards - 1
+                        )
+                    })
+            })
+            .collect()
     }
 }
 
@@ -266,9 +302,11 @@ impl Config {
     }
 
     /// Refuse to expose an unauthenticated server: without keys the HTTP
-    /// server must listen on loopback, unless `insecure`.
+    /// server must listen on loopback, unless `insecure`. Also refuses a
+    /// shard count the server cannot run.
     pub fn check_exposure(&self, insecure: bool) -> Result<(), String> {
         self.webhooks.check()?;
+        self.media.udp_addresses()?;
         let exposed = !self.http.listen.ip().is_loopback();
         if self.auth.keys.is_empty() && exposed && !insecure {
             return Err(format!(
@@ -318,6 +356,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_shard_binds_the_next_port() {
+        let mut media = MediaConfig {
+            shards: 3,
+            ..MediaConfig::default()
+        };
+        let ports: Vec<u16> = media
+            .udp_addresses()
+            .unwrap()
+            .iter()
+            .map(|a| a.port())
+            .collect();
+        assert_eq!(ports, [50000, 50001, 50002]);
+        media.udp.set_port(0);
+        assert_eq!(media.udp_addresses().unwrap().len(), 3);
+        assert!(media.udp_addresses().unwrap().iter().all(|a| a.port() == 0));
+        media.udp.set_port(65535);
+        let err = media.udp_addresses().unwrap_err();
+        assert!(err.contains("past 65535"), "{err}");
+        media.shards = 0;
+        let err = media.udp_addresses().unwrap_err();
+        assert!(err.contains("media.shards must be 1 to 256"), "{err}");
+    }
 
     #[test]
     fn example_file_shows_the_defaults() {

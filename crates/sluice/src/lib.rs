@@ -1,5 +1,5 @@
 //! The Sluice server as a library: configuration and the function that runs
-//! the HTTP control plane and the media shard on sockets it is given, so
+//! the HTTP control plane and the media shards on sockets it is given, so
 //! tests start it in-process on port 0.
 
 pub mod config;
@@ -23,7 +23,21 @@ const DRAIN_POLL: Duration = Duration::from_millis(200);
 /// Longest wait for the shard and the HTTP server to finish at the end.
 const FINAL_WAIT: Duration = Duration::from_secs(3);
 
-/// Run the server on `listener` (HTTP) and `socket` (media).
+/// Bind the UDP socket of every media shard (see
+/// [`config::MediaConfig::udp_addresses`]).
+pub async fn bind_media(media: &config::MediaConfig) -> Result<Vec<UdpSocket>, String> {
+    let mut sockets = Vec::new();
+    for addr in media.udp_addresses()? {
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| format!("cannot bind {addr} (UDP media): {e}"))?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Run the server on `listener` (HTTP) and `sockets` (media, one shard
+/// each; see [`bind_media`]).
 ///
 /// The first message on `stop` starts draining: new sessions get 503 and
 /// `/readyz` turns unhealthy, while live sessions run until they end or
@@ -32,7 +46,7 @@ const FINAL_WAIT: Duration = Duration::from_secs(3);
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     mut stop: mpsc::Receiver<()>,
 ) -> std::io::Result<()> {
     let metrics = Metrics::new();
@@ -42,7 +56,7 @@ pub async fn serve(
         None => (None, None),
     };
     let (control, shard) =
-        sluice_server::start(config.server_config(), socket, metrics.clone(), events)?;
+        sluice_server::start(config.server_config(), sockets, metrics.clone(), events)?;
     let app = sluice_http::app(AppState {
         control: control.clone(),
         auth: config.auth(),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat};
 use sluice_http::auth::{Claims, Grants, mint, now_secs};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -112,9 +112,12 @@ struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "SLUICE_HTTP")]
     http: Option<SocketAddr>,
-    /// UDP address for all media.
+    /// UDP address of the first media shard (shard i uses the port + i).
     #[arg(long, env = "SLUICE_UDP")]
     udp: Option<SocketAddr>,
+    /// Media shards, one core and one UDP port each.
+    #[arg(long, env = "SLUICE_SHARDS")]
+    shards: Option<usize>,
     /// Address put into ICE candidates (needed when --udp binds 0.0.0.0).
     #[arg(long, env = "SLUICE_PUBLIC_IP")]
     public_ip: Option<IpAddr>,
@@ -142,6 +145,9 @@ impl ServeArgs {
         }
         if let Some(udp) = self.udp {
             config.media.udp = udp;
+        }
+        if let Some(shards) = self.shards {
+            config.media.shards = shards;
         }
         if let Some(ip) = self.public_ip {
             config.media.public_ip = Some(ip);
@@ -193,9 +199,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener = TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (HTTP): {e}", config.http.listen))?;
-    let socket = UdpSocket::bind(config.media.udp)
-        .await
-        .map_err(|e| format!("cannot bind {} (UDP media): {e}", config.media.udp))?;
+    let sockets = sluice::bind_media(&config.media).await?;
+    let udp: Vec<String> = sockets
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
     let http = listener.local_addr().map_err(|e| e.to_string())?;
     if config.auth.keys.is_empty() {
         warn!(
@@ -208,12 +217,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     info!(
-        udp = %config.media.udp,
+        udp = udp.join(" "),
         "Sluice is running: open http://{http}/ to publish and watch"
     );
     let (stop, stopped) = mpsc::channel(2);
     tokio::spawn(forward_signals(stop));
-    sluice::serve(&config, listener, socket, stopped)
+    sluice::serve(&config, listener, sockets, stopped)
         .await
         .map_err(|e| e.to_string())
 }

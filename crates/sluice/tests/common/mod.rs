@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sluice::Config;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -19,13 +19,14 @@ impl TestServer {
     /// Start with the default configuration, changed by `edit`.
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
+        config.media.udp = "127.0.0.1:0".parse().unwrap();
         edit(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sockets = sluice::bind_media(&config.media).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = mpsc::channel(2);
         let task =
-            tokio::spawn(async move { sluice::serve(&config, listener, socket, stopped).await });
+            tokio::spawn(async move { sluice::serve(&config, listener, sockets, stopped).await });
         TestServer {
             url,
             stop,
