@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Most shards one server runs: a resource id names its shard in two hex
 /// digits.
@@ -77,7 +78,9 @@ pub fn start(
         };
         let shard = shard::Shard::new(index as u8, socket, (local, candidate), shared);
         senders.push(tx);
-        tasks.push(tokio::spawn(shard.run(rx)));
+        // Every log line of a shard names it: session ids are per shard.
+        let span = tracing::info_span!("shard", index);
+        tasks.push(tokio::spawn(shard.run(rx).instrument(span)));
     }
     let all = tokio::spawn(async move {
         for task in tasks {

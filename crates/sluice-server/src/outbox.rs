@@ -27,11 +27,17 @@ const GSO_MAX_BYTES: usize = 65_000;
 #[cfg(target_os = "linux")]
 const GSO_MAX_SEGMENT: usize = 1_400;
 
+/// Most datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` on
+/// older kernels; newer ones take more).
+#[cfg(target_os = "linux")]
+const GSO_MAX_SEGMENTS: usize = 64;
+
 /// Datagrams waiting to be sent.
 pub(crate) struct Outbox {
     queue: Vec<Transmit>,
     /// Whether runs to one peer go as one GSO send; cleared, once and for
-    /// good, when the kernel refuses one.
+    /// good, when the kernel refuses a run but takes its first datagram
+    /// alone.
     gso: bool,
 }
 
@@ -62,9 +68,17 @@ impl Outbox {
             let batch = &self.queue[sent..self.queue.len().min(sent + BATCH)];
             match send_batch(socket, batch, self.gso) {
                 Ok(n) => sent += n.max(1),
-                Err(e) if self.gso && gso_run(batch) > 1 && gso_refused(&e) => {
-                    warn!("UDP GSO refused ({e}); sending datagrams one by one");
-                    self.gso = false;
+                Err(e) if self.gso && gso_run(batch) > 1 => {
+                    // The run failed: GSO's fault if its first datagram goes
+                    // on its own, the destination's if not.
+                    match send_batch(socket, &batch[..1], false) {
+                        Ok(_) => {
+                            warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                            self.gso = false;
+                        }
+                        Err(e) => debug!("udp send to {} failed: {e}", batch[0].destination),
+                    }
+                    sent += 1;
                 }
                 Err(e) => {
                     debug!("udp send to {} failed: {e}", batch[0].destination);
@@ -83,14 +97,15 @@ impl Outbox {
 fn gso_run(batch: &[Transmit]) -> usize {
     let first = &batch[0];
     let size = first.contents.len();
-    if size > GSO_MAX_SEGMENT {
+    if size == 0 || size > GSO_MAX_SEGMENT {
         return 1;
     }
     let mut bytes = size;
     let mut run = 1;
-    for t in &batch[1..] {
+    for t in batch[1..].iter().take(GSO_MAX_SEGMENTS - 1) {
         let len = t.contents.len();
-        if t.destination != first.destination || len > size || bytes + len > GSO_MAX_BYTES {
+        let fits = len > 0 && len <= size && bytes + len <= GSO_MAX_BYTES;
+        if t.destination != first.destination || !fits {
             break;
         }
         bytes += len;
@@ -100,16 +115,6 @@ fn gso_run(batch: &[Transmit]) -> usize {
         }
     }
     run
-}
-
-/// Whether a send error says the kernel cannot do UDP GSO here (an old
-/// kernel, or a device without checksum offload).
-#[cfg(target_os = "linux")]
-fn gso_refused(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
-    )
 }
 
 /// Send the leading datagrams of `batch`, runs to one peer as one GSO send
@@ -145,7 +150,9 @@ fn send_batch(socket: &UdpSocket, batch: &[Transmit], gso: bool) -> std::io::Res
         let hdr = &mut msgs[count].msg_hdr;
         hdr.msg_name = &mut addrs[count] as *mut libc::sockaddr_storage as *mut libc::c_void;
         hdr.msg_namelen = len;
-        hdr.msg_iov = &mut iovs[start];
+        // SAFETY: `start < n <= BATCH`, inside `iovs`; the run's iovecs
+        // follow it there.
+        hdr.msg_iov = unsafe { iovs.as_mut_ptr().add(start) };
         hdr.msg_iovlen = run as _;
         if run > 1 {
             let segment = batch[start].contents.len() as u16;
@@ -264,12 +271,6 @@ fn gso_run(_: &[Transmit]) -> usize {
     1
 }
 
-/// Systems without `sendmmsg` or GSO never see a refusal.
-#[cfg(not(target_os = "linux"))]
-fn gso_refused(_: &std::io::Error) -> bool {
-    false
-}
-
 /// Send the first datagram of `batch` (systems without `sendmmsg`).
 #[cfg(not(target_os = "linux"))]
 fn send_batch(socket: &UdpSocket, batch: &[Transmit], _gso: bool) -> std::io::Result<usize> {
@@ -281,6 +282,14 @@ fn send_batch(socket: &UdpSocket, batch: &[Transmit], _gso: bool) -> std::io::Re
 mod tests {
     use super::*;
     use sluice_session::Protocol;
+
+    /// The next datagram `receiver` gets (within 2 s); returns its length.
+    async fn recv(receiver: &UdpSocket, buf: &mut [u8]) -> usize {
+        tokio::time::timeout(std::time::Duration::from_secs(2), receiver.recv(buf))
+            .await
+            .expect("datagram arrives")
+            .unwrap()
+    }
 
     /// Datagrams to several receivers, v4, more than one batch: each
     /// receiver gets its own, in order, with the right contents.
@@ -312,13 +321,7 @@ mod tests {
         for (r, receiver) in receivers.iter().enumerate() {
             let mut i = r;
             while i < total {
-                let n = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    receiver.recv(&mut buf),
-                )
-                .await
-                .expect("datagram arrives")
-                .unwrap();
+                let n = recv(receiver, &mut buf).await;
                 assert_eq!(&buf[..n], &(i as u32).to_be_bytes());
                 i += 3;
             }
@@ -364,13 +367,7 @@ mod tests {
                 .enumerate()
                 .filter(|(_, (to, _))| to.local_addr().unwrap() == receiver.local_addr().unwrap());
             for (i, (_, len)) in own {
-                let n = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    receiver.recv(&mut buf),
-                )
-                .await
-                .expect("datagram arrives")
-                .unwrap();
+                let n = recv(receiver, &mut buf).await;
                 assert_eq!(n, *len, "datagram {i} keeps its size");
                 assert_eq!(buf[0], (i >> 8) as u8);
                 assert!(buf[1..n].iter().all(|&x| x == i as u8), "datagram {i}");
@@ -402,5 +399,8 @@ mod tests {
         assert_eq!(run(&[(a, 300), (a, 500)]), 1);
         assert_eq!(run(&[(a, 1_500), (a, 1_500)]), 1);
         assert_eq!(run(&[(a, 1_200); 60]), GSO_MAX_BYTES / 1_200);
+        assert_eq!(run(&[(a, 100); 80]), GSO_MAX_SEGMENTS);
+        assert_eq!(run(&[(a, 100), (a, 0)]), 1, "an empty datagram goes alone");
+        assert_eq!(run(&[(a, 0), (a, 0)]), 1);
     }
 }

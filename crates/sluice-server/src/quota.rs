@@ -58,7 +58,11 @@ impl Quota {
                 taken.per_address.remove(&client);
             }
         }
-        taken.rooms -= usize::from(room_ended);
+        debug_assert!(
+            taken.rooms >= usize::from(room_ended),
+            "a room released twice"
+        );
+        taken.rooms = taken.rooms.saturating_sub(usize::from(room_ended));
     }
 }
 

@@ -175,7 +175,7 @@ impl Shard {
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut flush = tokio::time::interval(METRICS_FLUSH);
-        info!(shard = self.index, udp = %self.local, "media shard started");
+        info!(udp = %self.local, "media shard started");
         loop {
             let deadline = self
                 .timers
@@ -204,7 +204,7 @@ impl Shard {
         }
         self.outbox.flush(&self.socket);
         self.report();
-        info!(shard = self.index, "media shard stopped");
+        info!("media shard stopped");
     }
 
     /// Add this shard's counts to the server's metrics: the packet tallies,
@@ -850,9 +850,6 @@ impl Shard {
                     return Err(ControlError::Negotiate(e));
                 }
             };
-        if let (Role::Publisher, Some(name)) = (role, &participant) {
-            self.replace_participant(room, name);
-        }
         let id = SessionId(self.next_id);
         self.next_id += 1;
         // The shard's index, then 120 random bits.
@@ -867,6 +864,11 @@ impl Shard {
         *room_sessions += 1;
         if *room_sessions == 1 {
             self.emit(Event::room(EventKind::RoomStarted, &room));
+        }
+        // Only now, with the new session counted in its room: ending the
+        // older one must not end the room (and give back its quota).
+        if let (Role::Publisher, Some(name)) = (role, &participant) {
+            self.replace_participant(&room, name);
         }
         let mut tracks = Vec::new();
         if role == Role::Viewer {

@@ -265,18 +265,30 @@ impl Hub {
 /// Linux 5.0 and later). Without it every datagram is read on its own,
 /// which still works.
 fn enable_gro(socket: &UdpSocket) {
-    let on: libc::c_int = 1;
+    let _ = set_udp_option(socket, libc::UDP_GRO, 1);
+}
+
+/// Set a `SOL_UDP` socket option to an integer.
+fn set_udp_option(
+    socket: &UdpSocket,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: the option value is a c_int that outlives the call, and its
     // size is passed along.
-    unsafe {
+    let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_UDP,
-            libc::UDP_GRO,
-            &on as *const libc::c_int as *const libc::c_void,
+            option,
+            &value as *const libc::c_int as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
-        );
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// What one read of [`recv_batch`] got.
@@ -409,18 +421,7 @@ mod tests {
     /// Send `run` as one buffer the kernel cuts into datagrams of
     /// `segment` bytes (UDP GSO), so the receiver sees a GRO run.
     fn send_run(socket: &UdpSocket, to: SocketAddr, run: &[u8], segment: u16) {
-        let size = libc::c_int::from(segment);
-        // SAFETY: the option value is a c_int that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                &size as *const libc::c_int as *const libc::c_void,
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        set_udp_option(socket, libc::UDP_SEGMENT, libc::c_int::from(segment)).unwrap();
         assert_eq!(socket.send_to(run, to).unwrap(), run.len());
     }
 

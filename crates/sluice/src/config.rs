@@ -192,8 +192,8 @@ pub struct MediaConfig {
     /// The UDP socket of the first media shard; shard `i` binds the port
     /// after the first plus `i` (every shard picks one when the port is 0).
     pub udp: SocketAddr,
-    /// Media shards: each forwards the rooms placed on it on a core of
-    /// its own, through a UDP port of its own.
+    /// Media shards: each forwards the rooms placed on it (one task, so
+    /// at most about one core each) through a UDP port of its own.
     pub shards: usize,
     /// Address announced in ICE candidates (needed when `udp` is 0.0.0.0).
     pub public_ip: Option<IpAddr>,

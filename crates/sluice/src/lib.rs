@@ -20,7 +20,7 @@ pub use config::Config;
 
 /// How often draining checks whether the last session ended.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
-/// Longest wait for the shard and the HTTP server to finish at the end.
+/// Longest wait for the shards and the HTTP server to finish at the end.
 const FINAL_WAIT: Duration = Duration::from_secs(3);
 
 /// Bind the UDP socket of every media shard (see
@@ -55,7 +55,7 @@ pub async fn serve(
         Some((tx, task)) => (Some(tx), Some(task)),
         None => (None, None),
     };
-    let (control, shard) =
+    let (control, shards) =
         sluice_server::start(config.server_config(), sockets, metrics.clone(), events)?;
     let app = sluice_http::app(AppState {
         control: control.clone(),
@@ -101,9 +101,9 @@ pub async fn serve(
         }
     }
     control.shutdown().await;
-    let _ = tokio::time::timeout(FINAL_WAIT, shard).await;
+    let _ = tokio::time::timeout(FINAL_WAIT, shards).await;
     if let Some(webhooks) = webhooks {
-        // The shard's end of the queue is gone: the sender finishes what is
+        // The shards' ends of the queue are gone: the sender finishes what is
         // queued (the final participant_left and room_finished events).
         let _ = tokio::time::timeout(FINAL_WAIT, webhooks).await;
     }

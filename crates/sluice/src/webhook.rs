@@ -28,7 +28,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Start the sender when a URL is configured: the shard's end of the event
+/// Start the sender when a URL is configured: the shards' end of the event
 /// queue and the delivery task (which ends when the queue closes).
 pub fn spawn(
     config: &WebhookConfig,

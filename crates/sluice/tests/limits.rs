@@ -52,6 +52,33 @@ async fn rooms_room_size_and_addresses_are_capped() {
     server.stop().await;
 }
 
+/// A lone publisher that publishes again under its name (a reloaded page)
+/// keeps its room: the room stays counted against `max_rooms` while it
+/// lives and is given back once, when it ends.
+#[tokio::test]
+async fn a_replaced_lone_publisher_keeps_its_room_counted() {
+    let server = TestServer::start_with(|c| c.limits.max_rooms = 1).await;
+    let offer = || audio_offer("sendonly");
+    let mut resource = String::new();
+    for _ in 0..2 {
+        let r = post(&server, "a?participant=alice", offer()).await;
+        assert_eq!(r.status().as_u16(), 201);
+        resource = r.headers()["location"].to_str().unwrap().to_owned();
+    }
+    let (status, _, detail) = status_and_detail(post(&server, "b", offer()).await).await;
+    assert_eq!(status, 503, "room a is still live: {detail}");
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}{resource}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    assert_eq!(post(&server, "b", offer()).await.status().as_u16(), 201);
+    let (status, _, detail) = status_and_detail(post(&server, "c", offer()).await).await;
+    assert_eq!(status, 503, "room b holds the only place: {detail}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn posts_per_address_are_rate_limited() {
     let server = TestServer::start_with(|c| c.limits.posts_per_second_per_address = 2.0).await;
