@@ -203,7 +203,8 @@ async function testViewerFirst(ctx) {
 
 /**
  * Test 4: a three-person conference. Every page publishes its fake camera
- * and decodes both others' video; when one leaves, the others drop its tile.
+ * and decodes both others' video; when one leaves, the others drop its tile;
+ * when one joins again from a second tab, the first tab says so and leaves.
  */
 async function testConference(ctx) {
   const room = `conf-${randomId()}`;
@@ -227,7 +228,21 @@ async function testConference(ctx) {
   await waitHook('alice', "!s.tiles['carol'] && !!s.tiles['bob']", 10000);
   const before = (await hooksOf(pages.get('bob'))).tiles.alice.framesDecoded;
   await waitHook('bob', `!s.tiles['carol'] && s.tiles['alice'].framesDecoded > ${before + 10}`, 10000);
-  for (const name of names) {
+  // bob joins again from a second tab: the first tab leaves and says why,
+  // and alice's bob tile goes on with the second tab's video.
+  const seen = (await hooksOf(pages.get('alice'))).tiles.bob.framesDecoded;
+  await openPage(ctx, 'bob-again', `${BASE}/conference/${room}?name=bob&autostart=1`);
+  await pages.get('bob').waitForFunction(
+    "window.sluice.state === 'closed' && /another tab/.test(window.sluice.error || '')",
+    null, { timeout: 15000, polling: 100 });
+  if (!(await pages.get('bob').evaluate(() => !document.getElementById('join').disabled))) {
+    throw new Error('bob: the replaced tab cannot join again');
+  }
+  await pages.get('bob').bringToFront(); // a background tab does not repaint
+  await sleep(300); // the buttons' fade
+  await pages.get('bob').screenshot({ path: join(OUT_DIR, 'conference-replaced.png') });
+  await waitHook('alice', `s.tiles['bob'] && s.tiles['bob'].framesDecoded > ${seen + 30}`, 15000);
+  for (const name of [...names, 'bob-again']) {
     const page = pages.get(name);
     await page.evaluate(() => window.sluiceLeave());
     await page.close();

@@ -5,6 +5,8 @@
  * (simulcast q/h/f), opens the conference WebSocket to learn who publishes in
  * the room, and watches every other participant over its own WHEP session
  * (`?participant=NAME&layer=h`: tiles are small, so the middle layer).
+ * When the server ends its WHIP session (the name joined again elsewhere,
+ * an admin removed it or closed the room), the page leaves and says why.
  *
  * Test hooks: window.sluice = {page, state, error, me, tiles: {NAME: {state,
  * framesDecoded, frameWidth, frameHeight}}}; window.sluiceLeave() leaves.
@@ -18,6 +20,12 @@
   const token = params.get('token');
   const TILE_LAYER = 'h';
   const HOOK_INTERVAL_MS = 500;
+  /** What the page says when the server ended its own session. */
+  const ENDED = {
+    replaced: 'You joined this room again from another tab or device, so this page left.',
+    removed: 'An admin removed you from the room.',
+    room_closed: 'An admin closed the room.',
+  };
 
   const hooks = { page: 'conference', room: null, state: 'idle', error: null, me: null, tiles: {} };
   window.sluice = hooks;
@@ -159,6 +167,13 @@
     }
   }
 
+  /** The server ended this page's own session: leave, and say why. */
+  async function onEnded(reason) {
+    if (session) session.publisher.resource = null; // already gone
+    await leave();
+    showError(ENDED[reason] || 'The server ended your session.');
+  }
+
   function openSocket() {
     return new Promise((resolve, reject) => {
       const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
@@ -169,6 +184,7 @@
       ws.onmessage = (e) => {
         const msg = JSON.parse(e.data);
         if (msg.type === 'participants') onParticipants(msg.participants);
+        else if (msg.type === 'ended') onEnded(msg.reason);
         else if (msg.type === 'error') showError(msg.detail);
       };
       ws.onclose = () => {
@@ -215,6 +231,9 @@
     try {
       session.publisher = await publish(name);
       session.ws = await openSocket();
+      // Name our WHIP session, so the server can tell us if it ends it.
+      const id = session.publisher.resource.split('/').pop();
+      session.ws.send(JSON.stringify({ type: 'publishing', session: id }));
       session.timer = setInterval(refreshHooks, HOOK_INTERVAL_MS);
       leaveBtn.disabled = false;
     } catch (err) {

@@ -5,10 +5,14 @@
 //!
 //! Messages from the server are JSON text frames:
 //! `{"type": "participants", "participants": [{"name", "audio", "video",
-//! "video_layers"}]}`, and `{"type": "error", "status", "detail"}` before
-//! it closes. With authentication on, the client sends its token in the
-//! query (`?token=`) or as its first message, `{"type": "join", "token":
-//! "…"}`, within 10 s.
+//! "video_layers"}]}`, `{"type": "ended", "reason": "replaced" | "removed"
+//! | "room_closed"}` when the server ended the client's own WHIP session
+//! (the same name published again elsewhere, an admin removed it or closed
+//! the room), and `{"type": "error", "status", "detail"}` before it closes.
+//! With authentication on, the client sends its token in the query
+//! (`?token=`) or as its first message, `{"type": "join", "token": "…"}`,
+//! within 10 s. A publishing client names its WHIP session with
+//! `{"type": "publishing", "session": "<resource id>"}` to hear of its end.
 
 use std::time::Duration;
 
@@ -37,11 +41,15 @@ pub(crate) struct ConferenceQuery {
     token: Option<String>,
 }
 
-/// The first message of a client that did not put its token in the query.
+/// What a client sends.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum ClientMessage {
+    /// The first message of a client that did not put its token in the
+    /// query.
     Join { token: Option<String> },
+    /// The resource id of the client's own WHIP session.
+    Publishing { session: String },
 }
 
 /// `GET /conference/{room}/ws`: upgrade to the conference WebSocket.
@@ -89,6 +97,8 @@ async fn run(mut socket: WebSocket, state: AppState, room: String, authorized: b
         return;
     }
     let mut changes = state.control.room_changes();
+    let mut ends = state.control.session_ends();
+    let mut publishing: Option<String> = None;
     let mut sent: Option<Vec<ParticipantInfo>> = None;
     loop {
         let Ok(participants) = state.control.participants(&room).await else {
@@ -114,8 +124,23 @@ async fn run(mut socket: WebSocket, state: AppState, room: String, authorized: b
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => return,
                 },
+                end = ends.recv() => match end {
+                    Ok(end) if publishing.as_deref() == Some(&*end.resource) => {
+                        let text = json!({ "type": "ended", "reason": end.reason.as_str() });
+                        if socket.send(Message::Text(text.to_string().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
                 message = socket.recv() => match message {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(ClientMessage::Publishing { session }) = serde_json::from_str(&text) {
+                            publishing = Some(session);
+                        }
+                    }
                     Some(Ok(_)) => {}
                 },
             }
@@ -132,12 +157,12 @@ async fn join(socket: &mut WebSocket, state: &AppState, room: &str) -> Result<()
     let Some(Ok(Message::Text(text))) = message else {
         return Err(unauthorized("the first message must be a join message"));
     };
-    let ClientMessage::Join { token } = serde_json::from_str(&text).map_err(|_| {
-        Problem::new(
+    let Ok(ClientMessage::Join { token }) = serde_json::from_str(&text) else {
+        return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "the first message must be {\"type\": \"join\", \"token\": \"…\"}",
-        )
-    })?;
+        ));
+    };
     let token = token.ok_or_else(|| unauthorized("the join message carries no token"))?;
     let claims = state.auth.verify(&token).map_err(unauthorized)?;
     check_grants(&claims, room)?;

@@ -178,6 +178,39 @@ impl fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+/// Why the server ended a session its client did not end, so that client
+/// can be told (the conference page says so instead of going quiet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// A new session published under the same participant name in the
+    /// room (the same person joined again, from another tab or device).
+    Replaced,
+    /// An admin removed the participant.
+    Removed,
+    /// An admin closed the room.
+    RoomClosed,
+}
+
+impl EndReason {
+    /// The reason as the conference WebSocket names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Replaced => "replaced",
+            EndReason::Removed => "removed",
+            EndReason::RoomClosed => "room_closed",
+        }
+    }
+}
+
+/// A session the server ended, and why.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    /// The session's resource id.
+    pub resource: Arc<str>,
+    /// Why.
+    pub reason: EndReason,
+}
+
 /// A request to the shard, with its reply channel.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -235,6 +268,7 @@ pub struct ControlHandle {
     /// One command channel per shard, in shard index order.
     shards: Arc<[mpsc::Sender<Command>]>,
     room_changes: broadcast::Sender<Arc<str>>,
+    session_ends: broadcast::Sender<SessionEnd>,
 }
 
 /// The shard a room lives on, among `shards`: a stable hash of its name,
@@ -260,10 +294,12 @@ impl ControlHandle {
     pub(crate) fn new(
         shards: Vec<mpsc::Sender<Command>>,
         room_changes: broadcast::Sender<Arc<str>>,
+        session_ends: broadcast::Sender<SessionEnd>,
     ) -> Self {
         ControlHandle {
             shards: shards.into(),
             room_changes,
+            session_ends,
         }
     }
 
@@ -276,6 +312,12 @@ impl ControlHandle {
     /// change (a lagging receiver should re-read what it follows).
     pub fn room_changes(&self) -> broadcast::Receiver<Arc<str>> {
         self.room_changes.subscribe()
+    }
+
+    /// Sessions the server ends for a reason their clients did not give
+    /// (see [`EndReason`]), as it ends them.
+    pub fn session_ends(&self) -> broadcast::Receiver<SessionEnd> {
+        self.session_ends.subscribe()
     }
 
     /// The participants publishing in `room`, oldest first.

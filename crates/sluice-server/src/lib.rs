@@ -18,8 +18,8 @@ mod quota;
 mod shard;
 
 pub use control::{
-    Caller, ControlError, ControlHandle, Created, Limits, Patched, ServerConfig, SessionRequest,
-    shard_of_room,
+    Caller, ControlError, ControlHandle, Created, EndReason, Limits, Patched, ServerConfig,
+    SessionEnd, SessionRequest, shard_of_room,
 };
 pub use metrics::Metrics;
 pub use sluice_router::LayerChoice;
@@ -62,6 +62,7 @@ pub fn start(
     let sink = events::EventSink::new(events);
     let quota = quota::Quota::new(&config.limits);
     let (room_changes, _) = tokio::sync::broadcast::channel(256);
+    let (session_ends, _) = tokio::sync::broadcast::channel(256);
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
@@ -75,6 +76,7 @@ pub fn start(
             quota: quota.clone(),
             events_out: sink.clone(),
             room_changes: room_changes.clone(),
+            session_ends: session_ends.clone(),
         };
         let shard = shard::Shard::new(index as u8, socket, (local, candidate), shared);
         senders.push(tx);
@@ -87,5 +89,5 @@ pub fn start(
             let _ = task.await;
         }
     });
-    Ok((ControlHandle::new(senders, room_changes), all))
+    Ok((ControlHandle::new(senders, room_changes, session_ends), all))
 }

@@ -25,7 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::admin::{LayerInfo, ParticipantInfo, RoomInfo, SessionInfo, TrackInfo};
 use crate::control::{
-    Caller, Command, ControlError, Created, Limits, Patched, ServerConfig, SessionRequest,
+    Caller, Command, ControlError, Created, EndReason, Limits, Patched, ServerConfig, SessionEnd,
+    SessionRequest,
 };
 use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
@@ -104,6 +105,8 @@ pub(crate) struct Shard {
     events_out: EventSink,
     /// Rooms whose publishing participants changed, for conference clients.
     room_changes: broadcast::Sender<Arc<str>>,
+    /// Sessions ended for a reason their clients did not give.
+    session_ends: broadcast::Sender<SessionEnd>,
 }
 
 /// This shard's share of the server-wide gauges, as last added in.
@@ -121,6 +124,7 @@ pub(crate) struct Shared {
     pub(crate) quota: Quota,
     pub(crate) events_out: EventSink,
     pub(crate) room_changes: broadcast::Sender<Arc<str>>,
+    pub(crate) session_ends: broadcast::Sender<SessionEnd>,
 }
 
 impl Shard {
@@ -136,6 +140,7 @@ impl Shard {
             quota,
             events_out,
             room_changes,
+            session_ends,
         } = shared;
         let limits = config.limits.clone();
         Shard {
@@ -168,6 +173,7 @@ impl Shard {
             per_room: HashMap::new(),
             events_out,
             room_changes,
+            session_ends,
         }
     }
 
@@ -583,7 +589,7 @@ impl Shard {
                     Err(ControlError::NotFound)
                 } else {
                     for id in &ids {
-                        self.close(*id, CloseReason::Ended);
+                        self.end(*id, EndReason::RoomClosed);
                     }
                     info!(room = %room, sessions = ids.len(), "room closed by admin");
                     Ok(ids.len())
@@ -597,7 +603,7 @@ impl Shard {
             } => {
                 let result = match self.by_resource.get(&resource).copied() {
                     Some(id) if self.sessions.get(&id).is_some_and(|e| *e.room == *room) => {
-                        self.close(id, CloseReason::Ended);
+                        self.end(id, EndReason::Removed);
                         info!(session = id.0, room = %room, "participant removed by admin");
                         Ok(())
                     }
@@ -966,7 +972,7 @@ impl Shard {
                 participant = name,
                 "participant replaced by a new session"
             );
-            self.close(id, CloseReason::Ended);
+            self.end(id, EndReason::Replaced);
         }
     }
 
@@ -992,6 +998,16 @@ impl Shard {
             }
         }
         codecs
+    }
+
+    /// End a session for a reason its client did not give, and tell
+    /// whoever listens for that client ([`crate::ControlHandle::session_ends`]).
+    fn end(&mut self, id: SessionId, reason: EndReason) {
+        if let Some(entry) = self.sessions.get(&id) {
+            let resource = Arc::from(entry.resource.as_str());
+            let _ = self.session_ends.send(SessionEnd { resource, reason });
+        }
+        self.close(id, CloseReason::Ended);
     }
 
     /// Ask a session to close; its `Closed` event removes it.

@@ -320,3 +320,110 @@ async fn the_websocket_wants_a_token_when_authentication_is_on() {
     }
     server.stop().await;
 }
+
+/// The next message of type `kind`, skipping others, within 5 s each.
+async fn next_of_type(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let message = next_json(socket).await;
+        if message["type"] == kind {
+            return message;
+        }
+    }
+}
+
+/// Name the WHIP session at `location` as this client's own; returns its
+/// resource id.
+async fn name_session(socket: &mut Socket, location: &str) -> String {
+    let session = location.rsplit('/').next().unwrap();
+    let message = json!({ "type": "publishing", "session": session });
+    socket
+        .send(Message::Text(message.to_string().into()))
+        .await
+        .unwrap();
+    // Let the server read it before anything ends the session.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    session.to_owned()
+}
+
+/// A conference page that names its WHIP session on the WebSocket hears
+/// why the server ended it: the same name published again elsewhere, an
+/// admin removed it, an admin closed the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishing_client_hears_why_its_session_ended() {
+    const SECRET: &str = "ends-secret";
+    let server = TestServer::start_with(|c| {
+        c.auth.add_keys(&format!("k1:{SECRET}")).unwrap();
+    })
+    .await;
+    let token = |sub: &str, grants: Grants| {
+        let claims = Claims {
+            iss: "k1".into(),
+            sub: sub.into(),
+            exp: now_secs() + 600,
+            nbf: None,
+            grants,
+        };
+        mint(&claims, SECRET.as_bytes()).unwrap()
+    };
+    let alice = token(
+        "alice",
+        Grants {
+            room: "ends".into(),
+            publish: true,
+            subscribe: true,
+            admin: false,
+        },
+    );
+    let admin = token(
+        "ops",
+        Grants {
+            room: "*".into(),
+            admin: true,
+            ..Grants::default()
+        },
+    );
+    let whip = format!("{}/whip/ends?participant=alice", server.url);
+    let offer = common::audio_offer("sendonly");
+    let publish = || sluice_testkit::peer::post_offer(&whip, &offer, Some(&alice));
+    let url = format!("{}?token={alice}", ws_url(&server, "ends"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    next_of_type(&mut socket, "participants").await;
+
+    let (_, first) = publish().await.unwrap();
+    name_session(&mut socket, &first).await;
+    let (_, second) = publish().await.unwrap();
+    let ended = next_of_type(&mut socket, "ended").await;
+    assert_eq!(ended["reason"], "replaced");
+
+    let client = reqwest::Client::new();
+    let second_id = name_session(&mut socket, &second).await;
+    let removed = client
+        .delete(format!(
+            "{}/api/rooms/ends/participants/{second_id}",
+            server.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status().as_u16(), 200);
+    assert_eq!(
+        next_of_type(&mut socket, "ended").await["reason"],
+        "removed"
+    );
+
+    let (_, third) = publish().await.unwrap();
+    name_session(&mut socket, &third).await;
+    let closed = client
+        .delete(format!("{}/api/rooms/ends", server.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status().as_u16(), 200);
+    assert_eq!(
+        next_of_type(&mut socket, "ended").await["reason"],
+        "room_closed"
+    );
+    server.stop().await;
+}
