@@ -8,6 +8,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{MediaKind, Mid};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 
 /// Which way media flows for a session.
@@ -67,19 +68,41 @@ pub(crate) fn new_rtc(
         Role::Viewer => config.viewer_bwe_initial_bps.map(Bitrate::bps),
         Role::Publisher => None,
     };
-    let mut rtc = Rtc::builder()
+    let mut builder = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         // Once a second: NACK counts for the metrics.
         .set_stats_interval(Some(Duration::from_secs(1)))
-        .enable_bwe(bwe)
-        .build(now);
+        .enable_bwe(bwe);
+    if role == Role::Viewer && bwe.is_none() {
+        builder = builder.set_extension_map(without_estimation_extensions());
+    }
+    let mut rtc = builder.build(now);
     for addr in &config.candidates {
         let candidate = Candidate::host(*addr, "udp")
             .map_err(|e| NegotiateError::MalformedSdp(format!("server candidate {addr}: {e}")))?;
         rtc.add_local_candidate(candidate);
     }
     Ok(rtc)
+}
+
+/// str0m's standard header extensions without the two that only feed a
+/// sender's bandwidth estimation (transport-wide sequence numbers and
+/// absolute send time). A viewer's session without estimation leaves them
+/// out of its answer: the server then writes and registers neither for
+/// every forwarded packet, and browsers send no transport-wide feedback
+/// (several RTCP packets a second per viewer) that nobody would read.
+fn without_estimation_extensions() -> ExtensionMap {
+    let mut map = ExtensionMap::empty();
+    for (id, ext) in ExtensionMap::standard().iter() {
+        if !matches!(
+            ext,
+            Extension::TransportSequenceNumber | Extension::AbsoluteSendTime
+        ) {
+            map.set(id, ext.clone());
+        }
+    }
+    map
 }
 
 /// Parse `offer` and apply it to `rtc`, returning the SDP answer and the
