@@ -135,6 +135,9 @@ async function testPublishWatch(ctx) {
   assert(q && q.frameWidth > 0, `publisher sends no q layer: ${JSON.stringify(pub.layers)}`);
   await viewer.selectOption('#layer', 'q');
   await waitHook('viewer', `s.frameWidth === ${q.frameWidth}`, 10000);
+  // Chromium starts its upper layers as its uplink estimate grows: Auto
+  // can only move up once one of them is on the wire.
+  await waitHook('publisher', `s.layers.some((l) => l.rid !== 'q' && l.frameWidth > ${q.frameWidth})`, 20000);
   await viewer.selectOption('#layer', 'auto');
   await waitHook('viewer', `s.frameWidth > ${q.frameWidth}`, 10000);
 
