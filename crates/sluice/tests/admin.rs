@@ -7,21 +7,14 @@ use std::time::Duration;
 
 use common::TestServer;
 use serde_json::Value;
-use sluice_http::auth::{Claims, Grants, mint, now_secs};
+use sluice_http::auth::Grants;
 use sluice_testkit::peer::PeerState;
 use sluice_testkit::{Kind, Peer, PeerOptions};
 
 const SECRET: &str = "admin-test-secret";
 
 fn token(sub: &str, grants: Grants) -> String {
-    let claims = Claims {
-        iss: "k".into(),
-        sub: sub.into(),
-        exp: now_secs() + 600,
-        nbf: None,
-        grants,
-    };
-    mint(&claims, SECRET.as_bytes()).unwrap()
+    common::token("k", SECRET, sub, grants)
 }
 
 fn video(s: &PeerState) -> usize {

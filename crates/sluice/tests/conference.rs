@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sluice_http::auth::{Claims, Grants, mint, now_secs};
+use sluice_http::auth::Grants;
 use sluice_testkit::{Kind, Packet, Peer, PeerOptions, VideoCodec};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -242,19 +242,13 @@ async fn the_websocket_wants_a_token_when_authentication_is_on() {
     })
     .await;
     let token = |room: &str, subscribe: bool| {
-        let claims = Claims {
-            iss: "k1".into(),
-            sub: "carol".into(),
-            exp: now_secs() + 600,
-            nbf: None,
-            grants: Grants {
-                room: room.into(),
-                publish: false,
-                subscribe,
-                admin: false,
-            },
+        let grants = Grants {
+            room: room.into(),
+            publish: false,
+            subscribe,
+            admin: false,
         };
-        mint(&claims, SECRET.as_bytes()).unwrap()
+        common::token("k1", SECRET, "carol", grants)
     };
     let url = ws_url(&server, "secure");
     let status = |e: tokio_tungstenite::tungstenite::Error| match e {
@@ -355,16 +349,7 @@ async fn a_publishing_client_hears_why_its_session_ended() {
         c.auth.add_keys(&format!("k1:{SECRET}")).unwrap();
     })
     .await;
-    let token = |sub: &str, grants: Grants| {
-        let claims = Claims {
-            iss: "k1".into(),
-            sub: sub.into(),
-            exp: now_secs() + 600,
-            nbf: None,
-            grants,
-        };
-        mint(&claims, SECRET.as_bytes()).unwrap()
-    };
+    let token = |sub: &str, grants: Grants| common::token("k1", SECRET, sub, grants);
     let alice = token(
         "alice",
         Grants {

@@ -64,3 +64,17 @@ pub fn audio_offer(direction: &str) -> String {
         a=rtcp-mux\r\na=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n"
     )
 }
+
+/// A token signed with `secret` under key id `kid`, valid for 10 minutes.
+#[allow(dead_code)]
+pub fn token(kid: &str, secret: &str, sub: &str, grants: sluice_http::auth::Grants) -> String {
+    use sluice_http::auth::{Claims, mint, now_secs};
+    let claims = Claims {
+        iss: kid.into(),
+        sub: sub.into(),
+        exp: now_secs() + 600,
+        nbf: None,
+        grants,
+    };
+    mint(&claims, secret.as_bytes()).unwrap()
+}
