@@ -33,6 +33,9 @@ use crate::whip::check_room_name;
 
 /// How long a client may take to send its join message.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send: its messages are a token or a
+/// resource id in a line of JSON. A longer one closes the socket.
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
 /// The query of the WebSocket request.
 #[derive(Debug, Deserialize)]
@@ -74,7 +77,10 @@ pub(crate) async fn websocket(
         }
         (None, true) => false,
     };
-    Ok(upgrade.on_upgrade(move |socket| run(socket, state, room, authorized)))
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| run(socket, state, room, authorized)))
 }
 
 /// A conference client may watch the room if it may publish or subscribe.

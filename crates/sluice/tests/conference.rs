@@ -412,3 +412,35 @@ async fn a_publishing_client_hears_why_its_session_ended() {
     );
     server.stop().await;
 }
+
+/// A client that sends more than a conference client ever needs loses its
+/// socket; the server goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_client_message_closes_only_that_socket() {
+    let server = TestServer::start().await;
+    let (mut greedy, _) = tokio_tungstenite::connect_async(ws_url(&server, "big"))
+        .await
+        .unwrap();
+    next_of_type(&mut greedy, "participants").await;
+    let huge = format!(
+        r#"{{"type": "publishing", "session": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let _ = greedy.send(Message::Text(huge.into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match greedy.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the socket is closed");
+
+    let (mut other, _) = tokio_tungstenite::connect_async(ws_url(&server, "big"))
+        .await
+        .unwrap();
+    assert!(names(&next_json(&mut other).await).is_empty());
+    server.stop().await;
+}
