@@ -23,6 +23,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 use sluice_server::admin::ParticipantInfo;
+use sluice_server::{Caller, PublisherStatus};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
 
@@ -65,22 +66,39 @@ pub(crate) async fn websocket(
     check_room_name(&room)?;
     // A token in the query is checked before the upgrade, so a bad one
     // gets a plain HTTP 401 or 403.
-    let authorized = match (&query.token, state.auth.enabled()) {
-        (_, false) => true,
+    let access = match (&query.token, state.auth.enabled()) {
+        (_, false) => Access::Open,
         (Some(token), true) => {
             let claims = state
                 .auth
                 .verify(token)
                 .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, e).with_challenge())?;
             check_grants(&claims, &room)?;
-            true
+            Access::Token(caller_of(claims))
         }
-        (None, true) => false,
+        (None, true) => Access::AwaitingJoin,
     };
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| run(socket, state, room, authorized)))
+        .on_upgrade(move |socket| run(socket, state, room, access)))
+}
+
+/// Who the client is, as far as the upgrade knows.
+enum Access {
+    /// Authentication is off.
+    Open,
+    /// The query's token said.
+    Token(Caller),
+    /// Its first message must carry a token.
+    AwaitingJoin,
+}
+
+fn caller_of(claims: Claims) -> Caller {
+    Caller {
+        identity: claims.sub,
+        admin: claims.grants.admin,
+    }
 }
 
 /// A conference client may watch the room if it may publish or subscribe.
@@ -97,13 +115,21 @@ fn check_grants(claims: &Claims, room: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn run(mut socket: WebSocket, state: AppState, room: String, authorized: bool) {
-    if !authorized && let Err(problem) = join(&mut socket, &state, &room).await {
-        let _ = close_with(&mut socket, &problem).await;
-        return;
-    }
+async fn run(mut socket: WebSocket, state: AppState, room: String, access: Access) {
+    let caller = match access {
+        Access::Open => None,
+        Access::Token(caller) => Some(caller),
+        Access::AwaitingJoin => match join(&mut socket, &state, &room).await {
+            Ok(claims) => Some(caller_of(claims)),
+            Err(problem) => {
+                let _ = close_with(&mut socket, &problem).await;
+                return;
+            }
+        },
+    };
     let mut changes = state.control.room_changes();
     let mut ends = state.control.session_ends();
+    // The client's own WHIP session, once it named it and it was live.
     let mut publishing: Option<String> = None;
     let mut sent: Option<Vec<ParticipantInfo>> = None;
     loop {
@@ -130,21 +156,45 @@ async fn run(mut socket: WebSocket, state: AppState, room: String, authorized: b
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => return,
                 },
-                end = ends.recv() => match end {
-                    Ok(end) if publishing.as_deref() == Some(&*end.resource) => {
-                        let text = json!({ "type": "ended", "reason": end.reason.as_str() });
-                        if socket.send(Message::Text(text.to_string().into())).await.is_err() {
+                end = ends.recv() => {
+                    let reason = match end {
+                        Ok(end) if publishing.as_deref() == Some(&*end.resource) => Some(end.reason),
+                        Ok(_) => None,
+                        // Missed some: ask about ours.
+                        Err(RecvError::Lagged(_)) => match &publishing {
+                            Some(session) => ended(&state, &room, session, &caller).await,
+                            None => None,
+                        },
+                        Err(RecvError::Closed) => return,
+                    };
+                    if let Some(reason) = reason {
+                        publishing = None;
+                        if send_ended(&mut socket, reason).await.is_err() {
                             return;
                         }
                     }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                },
+                }
                 message = socket.recv() => match message {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(Message::Text(text))) => {
-                        if let Ok(ClientMessage::Publishing { session }) = serde_json::from_str(&text) {
-                            publishing = Some(session);
+                        let Ok(ClientMessage::Publishing { session }) = serde_json::from_str(&text) else {
+                            continue;
+                        };
+                        // It may have ended before the client got to name it.
+                        let status = state
+                            .control
+                            .publisher_status(&room, &session, caller.clone())
+                            .await;
+                        match status {
+                            Ok(PublisherStatus::Live) => publishing = Some(session),
+                            Ok(PublisherStatus::Ended(reason)) => {
+                                if send_ended(&mut socket, reason).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(PublisherStatus::Unknown) | Err(_) => {
+                                debug!(room, "a conference client named a session it cannot follow");
+                            }
                         }
                     }
                     Some(Ok(_)) => {}
@@ -154,8 +204,35 @@ async fn run(mut socket: WebSocket, state: AppState, room: String, authorized: b
     }
 }
 
-/// Wait for `{"type": "join", "token": …}` and check the token.
-async fn join(socket: &mut WebSocket, state: &AppState, room: &str) -> Result<(), Problem> {
+/// Why the server ended the client's session `session`, if it did.
+async fn ended(
+    state: &AppState,
+    room: &str,
+    session: &str,
+    caller: &Option<Caller>,
+) -> Option<sluice_server::EndReason> {
+    match state
+        .control
+        .publisher_status(room, session, caller.clone())
+        .await
+    {
+        Ok(PublisherStatus::Ended(reason)) => Some(reason),
+        _ => None,
+    }
+}
+
+/// Tell the client the server ended its session.
+async fn send_ended(
+    socket: &mut WebSocket,
+    reason: sluice_server::EndReason,
+) -> Result<(), axum::Error> {
+    let text = json!({ "type": "ended", "reason": reason.as_str() });
+    socket.send(Message::Text(text.to_string().into())).await
+}
+
+/// Wait for `{"type": "join", "token": …}` and check the token; returns
+/// its claims.
+async fn join(socket: &mut WebSocket, state: &AppState, room: &str) -> Result<Claims, Problem> {
     let unauthorized = |detail: &str| Problem::new(StatusCode::UNAUTHORIZED, detail);
     let message = tokio::time::timeout(JOIN_TIMEOUT, socket.recv())
         .await
@@ -173,7 +250,7 @@ async fn join(socket: &mut WebSocket, state: &AppState, room: &str) -> Result<()
     let claims = state.auth.verify(&token).map_err(unauthorized)?;
     check_grants(&claims, room)?;
     debug!(room, identity = %claims.sub, "conference client joined");
-    Ok(())
+    Ok(claims)
 }
 
 /// Send an error message, then close with a code that names the status

@@ -109,7 +109,8 @@ pub struct SessionRequest {
 /// A session the shard created.
 #[derive(Debug, Clone)]
 pub struct Created {
-    /// The unguessable resource id (128 random bits, hex).
+    /// The unguessable resource id: 32 hex digits, the shard's index and
+    /// then 120 random bits.
     pub resource: String,
     /// The SDP answer.
     pub answer: String,
@@ -202,7 +203,20 @@ impl EndReason {
     }
 }
 
-/// A session the server ended, and why.
+/// Where a publisher session that a conference client names as its own
+/// stands ([`ControlHandle::publisher_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublisherStatus {
+    /// Live in the room, and the caller's.
+    Live,
+    /// Recently ended by the server, for this reason.
+    Ended(EndReason),
+    /// Not a publisher of the room the caller may follow (never was, ended
+    /// too long ago, another room's, or another identity's).
+    Unknown,
+}
+
+/// A publisher session the server ended, and why.
 #[derive(Debug, Clone)]
 pub struct SessionEnd {
     /// The session's resource id.
@@ -221,6 +235,12 @@ pub(crate) enum Command {
     Participants {
         room: String,
         reply: oneshot::Sender<Vec<ParticipantInfo>>,
+    },
+    PublisherStatus {
+        room: String,
+        resource: String,
+        caller: Option<Caller>,
+        reply: oneshot::Sender<PublisherStatus>,
     },
     Delete {
         resource: String,
@@ -314,10 +334,33 @@ impl ControlHandle {
         self.room_changes.subscribe()
     }
 
-    /// Sessions the server ends for a reason their clients did not give
-    /// (see [`EndReason`]), as it ends them.
+    /// Publisher sessions the server ends for a reason their clients did
+    /// not give (see [`EndReason`]), as it ends them. A receiver that lags
+    /// or subscribes late asks [`ControlHandle::publisher_status`].
     pub fn session_ends(&self) -> broadcast::Receiver<SessionEnd> {
         self.session_ends.subscribe()
+    }
+
+    /// Whether the publisher session `resource` of `room` is live, or why
+    /// the server ended it, if `caller` may know.
+    pub async fn publisher_status(
+        &self,
+        room: &str,
+        resource: &str,
+        caller: Option<Caller>,
+    ) -> Result<PublisherStatus, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send_to_room(
+            room,
+            Command::PublisherStatus {
+                room: room.to_owned(),
+                resource: resource.to_owned(),
+                caller,
+                reply,
+            },
+        )
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)
     }
 
     /// The participants publishing in `room`, oldest first.

@@ -18,8 +18,8 @@ mod quota;
 mod shard;
 
 pub use control::{
-    Caller, ControlError, ControlHandle, Created, EndReason, Limits, Patched, ServerConfig,
-    SessionEnd, SessionRequest, shard_of_room,
+    Caller, ControlError, ControlHandle, Created, EndReason, Limits, Patched, PublisherStatus,
+    ServerConfig, SessionEnd, SessionRequest, shard_of_room,
 };
 pub use metrics::Metrics;
 pub use sluice_router::LayerChoice;

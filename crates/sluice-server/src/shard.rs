@@ -25,8 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::admin::{LayerInfo, ParticipantInfo, RoomInfo, SessionInfo, TrackInfo};
 use crate::control::{
-    Caller, Command, ControlError, Created, EndReason, Limits, Patched, ServerConfig, SessionEnd,
-    SessionRequest,
+    Caller, Command, ControlError, Created, EndReason, Limits, Patched, PublisherStatus,
+    ServerConfig, SessionEnd, SessionRequest,
 };
 use crate::events::{Event, EventKind, EventSink};
 use crate::metrics::{Metrics, Tally};
@@ -45,6 +45,9 @@ const METRICS_FLUSH: Duration = Duration::from_secs(1);
 /// Remote addresses one session may be reached from (ICE candidates that
 /// proved themselves with a STUN request carrying the session's ufrag).
 const MAX_ADDRS_PER_SESSION: usize = 8;
+/// Publisher sessions the server ended whose reasons it remembers, for
+/// clients that name their session after it ended.
+const RECENT_ENDS: usize = 256;
 
 /// A session and what the shard knows about it.
 struct Entry {
@@ -105,8 +108,18 @@ pub(crate) struct Shard {
     events_out: EventSink,
     /// Rooms whose publishing participants changed, for conference clients.
     room_changes: broadcast::Sender<Arc<str>>,
-    /// Sessions ended for a reason their clients did not give.
+    /// Publisher sessions ended for a reason their clients did not give.
     session_ends: broadcast::Sender<SessionEnd>,
+    /// The last [`RECENT_ENDS`] of them: resource id, room, owner, reason.
+    recent_ends: VecDeque<RecentEnd>,
+}
+
+/// A publisher session the server ended, remembered for a while.
+struct RecentEnd {
+    resource: Arc<str>,
+    room: Arc<str>,
+    identity: Option<String>,
+    reason: EndReason,
 }
 
 /// This shard's share of the server-wide gauges, as last added in.
@@ -174,6 +187,7 @@ impl Shard {
             events_out,
             room_changes,
             session_ends,
+            recent_ends: VecDeque::new(),
         }
     }
 
@@ -580,6 +594,14 @@ impl Shard {
             Command::Participants { room, reply } => {
                 let _ = reply.send(self.participants(&room));
             }
+            Command::PublisherStatus {
+                room,
+                resource,
+                caller,
+                reply,
+            } => {
+                let _ = reply.send(self.publisher_status(&room, &resource, caller.as_ref()));
+            }
             Command::Rooms { room, reply } => {
                 let _ = reply.send(self.rooms(room.as_deref()));
             }
@@ -757,12 +779,45 @@ impl Shard {
             .get(resource)
             .ok_or(ControlError::NotFound)?;
         let entry = self.sessions.get(&id).ok_or(ControlError::NotFound)?;
-        match (caller, &entry.identity) {
-            (Some(c), Some(owner)) if !c.admin && &c.identity != owner => {
-                Err(ControlError::Forbidden)
-            }
-            _ => Ok(id),
+        if may_act(caller, entry.identity.as_deref()) {
+            Ok(id)
+        } else {
+            Err(ControlError::Forbidden)
         }
+    }
+
+    /// Where publisher `resource` of `room` stands, as far as `caller` may
+    /// know.
+    fn publisher_status(
+        &self,
+        room: &str,
+        resource: &str,
+        caller: Option<&Caller>,
+    ) -> PublisherStatus {
+        if let Some(entry) = self
+            .by_resource
+            .get(resource)
+            .and_then(|id| self.sessions.get(id))
+        {
+            let mine = *entry.room == *room
+                && entry.session.role() == Role::Publisher
+                && may_act(caller, entry.identity.as_deref());
+            return if mine {
+                PublisherStatus::Live
+            } else {
+                PublisherStatus::Unknown
+            };
+        }
+        self.recent_ends
+            .iter()
+            .find(|e| {
+                *e.resource == *resource
+                    && *e.room == *room
+                    && may_act(caller, e.identity.as_deref())
+            })
+            .map_or(PublisherStatus::Unknown, |e| {
+                PublisherStatus::Ended(e.reason)
+            })
     }
 
     /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
@@ -1002,9 +1057,21 @@ impl Shard {
 
     /// End a session for a reason its client did not give, and tell
     /// whoever listens for that client ([`crate::ControlHandle::session_ends`]).
+    /// Only publishers are announced: they are who conference pages are.
     fn end(&mut self, id: SessionId, reason: EndReason) {
-        if let Some(entry) = self.sessions.get(&id) {
-            let resource = Arc::from(entry.resource.as_str());
+        if let Some(entry) = self.sessions.get(&id)
+            && entry.session.role() == Role::Publisher
+        {
+            let resource: Arc<str> = Arc::from(entry.resource.as_str());
+            if self.recent_ends.len() == RECENT_ENDS {
+                self.recent_ends.pop_front();
+            }
+            self.recent_ends.push_back(RecentEnd {
+                resource: resource.clone(),
+                room: entry.room.clone(),
+                identity: entry.identity.clone(),
+                reason,
+            });
             let _ = self.session_ends.send(SessionEnd { resource, reason });
         }
         self.close(id, CloseReason::Ended);
@@ -1136,6 +1203,15 @@ fn media_kind(kind: sluice_session::MediaKind) -> MediaKind {
     match kind {
         sluice_session::MediaKind::Audio => MediaKind::Audio,
         sluice_session::MediaKind::Video => MediaKind::Video,
+    }
+}
+
+/// Whether `caller` may act on a session created by `owner`: its creator,
+/// an admin, or anyone while authentication is off.
+fn may_act(caller: Option<&Caller>, owner: Option<&str>) -> bool {
+    match (caller, owner) {
+        (Some(c), Some(owner)) => c.admin || c.identity == owner,
+        _ => true,
     }
 }
 

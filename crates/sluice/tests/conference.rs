@@ -334,14 +334,13 @@ async fn name_session(socket: &mut Socket, location: &str) -> String {
         .send(Message::Text(message.to_string().into()))
         .await
         .unwrap();
-    // Let the server read it before anything ends the session.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     session.to_owned()
 }
 
 /// A conference page that names its WHIP session on the WebSocket hears
-/// why the server ended it: the same name published again elsewhere, an
-/// admin removed it, an admin closed the room.
+/// why the server ended it: the same name published again elsewhere (even
+/// when that happened before the page named it), an admin removed it, an
+/// admin closed the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publishing_client_hears_why_its_session_ended() {
     const SECRET: &str = "ends-secret";
@@ -375,10 +374,32 @@ async fn a_publishing_client_hears_why_its_session_ended() {
     next_of_type(&mut socket, "participants").await;
 
     let (_, first) = publish().await.unwrap();
-    name_session(&mut socket, &first).await;
     let (_, second) = publish().await.unwrap();
+    name_session(&mut socket, &first).await; // already replaced
     let ended = next_of_type(&mut socket, "ended").await;
     assert_eq!(ended["reason"], "replaced");
+
+    // Another identity cannot follow alice's session: naming it tells bob
+    // nothing (his next message is the room's next change).
+    let bob = token(
+        "bob",
+        Grants {
+            room: "ends".into(),
+            publish: true,
+            subscribe: true,
+            admin: false,
+        },
+    );
+    let url = format!("{}?token={bob}", ws_url(&server, "ends"));
+    let (mut bob_socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    next_of_type(&mut bob_socket, "participants").await;
+    name_session(&mut bob_socket, &first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bob_whip = format!("{}/whip/ends?participant=bob", server.url);
+    sluice_testkit::peer::post_offer(&bob_whip, &offer, Some(&bob))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut bob_socket).await["type"], "participants");
 
     let client = reqwest::Client::new();
     let second_id = name_session(&mut socket, &second).await;
