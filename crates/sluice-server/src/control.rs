@@ -4,10 +4,11 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_router::LayerChoice;
-use sluice_session::{NegotiateError, Role};
+use sluice_session::{NegotiateError, PayloadParams, Role, Session, SessionConfig};
+use tracing::info;
 
 use std::sync::Arc;
 
@@ -228,8 +229,16 @@ pub struct SessionEnd {
 /// A request to the shard, with its reply channel.
 #[derive(Debug)]
 pub(crate) enum Command {
+    /// Would a session of `request` fit the limits, and what codecs must a
+    /// viewer decode?
+    Prepare {
+        request: SessionRequest,
+        reply: oneshot::Sender<Result<Vec<PayloadParams>, ControlError>>,
+    },
+    /// Take a negotiated session in.
     Create {
         request: SessionRequest,
+        accepted: Box<(Session, String)>,
         reply: oneshot::Sender<Result<Created, ControlError>>,
     },
     Participants {
@@ -287,6 +296,8 @@ pub(crate) enum Command {
 pub struct ControlHandle {
     /// One command channel per shard, in shard index order.
     shards: Arc<[mpsc::Sender<Command>]>,
+    /// What a new session on each shard is built with.
+    session_configs: Arc<[SessionConfig]>,
     room_changes: broadcast::Sender<Arc<str>>,
     session_ends: broadcast::Sender<SessionEnd>,
 }
@@ -312,12 +323,14 @@ fn shard_of_resource(resource: &str, shards: usize) -> Option<usize> {
 
 impl ControlHandle {
     pub(crate) fn new(
-        shards: Vec<mpsc::Sender<Command>>,
+        shards: Vec<(mpsc::Sender<Command>, SessionConfig)>,
         room_changes: broadcast::Sender<Arc<str>>,
         session_ends: broadcast::Sender<SessionEnd>,
     ) -> Self {
+        let (shards, session_configs): (Vec<_>, Vec<_>) = shards.into_iter().unzip();
         ControlHandle {
             shards: shards.into(),
+            session_configs: session_configs.into(),
             room_changes,
             session_ends,
         }
@@ -378,11 +391,49 @@ impl ControlHandle {
     }
 
     /// Create a publisher or viewer session from an SDP offer.
+    ///
+    /// The offer is negotiated here, on a blocking thread, not on the
+    /// room's shard: building a session (str0m and its DTLS context) takes
+    /// about a millisecond, which would hold up every packet the shard
+    /// forwards. The shard checks the limits before (so a client over
+    /// them costs no negotiation) and again when it takes the session in.
     pub async fn create(&self, request: SessionRequest) -> Result<Created, ControlError> {
+        let (room, role) = (request.room.clone(), request.role);
+        let result = self.negotiate_and_create(request).await;
+        if let Err(e) = &result {
+            info!(room = %room, ?role, "offer refused: {e}");
+        }
+        result
+    }
+
+    async fn negotiate_and_create(
+        &self,
+        mut request: SessionRequest,
+    ) -> Result<Created, ControlError> {
+        let shard = shard_of_room(&request.room, self.shards.len());
+        let offer = std::mem::take(&mut request.offer);
         let (reply, rx) = oneshot::channel();
-        let room = request.room.clone();
-        self.send_to_room(&room, Command::Create { request, reply })
-            .await?;
+        let prepare = Command::Prepare {
+            request: request.clone(),
+            reply,
+        };
+        self.send_to_shard(shard, prepare).await?;
+        let codecs = rx.await.map_err(|_| ControlError::Unavailable)??;
+        let config = self.session_configs[shard].clone();
+        let role = request.role;
+        let accepted = tokio::task::spawn_blocking(move || {
+            Session::accept(role, &offer, &config, &codecs, Instant::now())
+        })
+        .await
+        .map_err(|_| ControlError::Unavailable)?
+        .map_err(ControlError::Negotiate)?;
+        let (reply, rx) = oneshot::channel();
+        let create = Command::Create {
+            request,
+            accepted: Box::new(accepted),
+            reply,
+        };
+        self.send_to_shard(shard, create).await?;
         rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
@@ -529,8 +580,12 @@ impl ControlHandle {
 
     /// Send to the shard `room` lives on.
     async fn send_to_room(&self, room: &str, command: Command) -> Result<(), ControlError> {
-        let shard = &self.shards[shard_of_room(room, self.shards.len())];
-        shard
+        self.send_to_shard(shard_of_room(room, self.shards.len()), command)
+            .await
+    }
+
+    async fn send_to_shard(&self, shard: usize, command: Command) -> Result<(), ControlError> {
+        self.shards[shard]
             .send(command)
             .await
             .map_err(|_| ControlError::Unavailable)
@@ -540,10 +595,7 @@ impl ControlHandle {
     /// names none.
     async fn send_to_resource(&self, resource: &str, command: Command) -> Result<(), ControlError> {
         let index = shard_of_resource(resource, self.shards.len()).ok_or(ControlError::NotFound)?;
-        self.shards[index]
-            .send(command)
-            .await
-            .map_err(|_| ControlError::Unavailable)
+        self.send_to_shard(index, command).await
     }
 }
 

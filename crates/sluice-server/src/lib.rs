@@ -68,7 +68,11 @@ pub fn start(
     for (index, socket) in sockets.into_iter().enumerate() {
         let local: SocketAddr = socket.local_addr()?;
         outbox::set_dont_fragment(&socket)?;
-        let candidate = config.candidate_address(local)?;
+        let session_config = sluice_session::SessionConfig {
+            candidates: vec![config.candidate_address(local)?],
+            consent_timeout: config.consent_timeout,
+            viewer_bwe_initial_bps: config.viewer_bwe_initial_bps,
+        };
         let (tx, rx) = mpsc::channel(1024);
         let shared = shard::Shared {
             config: config.clone(),
@@ -78,8 +82,8 @@ pub fn start(
             room_changes: room_changes.clone(),
             session_ends: session_ends.clone(),
         };
-        let shard = shard::Shard::new(index as u8, socket, (local, candidate), shared);
-        senders.push(tx);
+        let shard = shard::Shard::new(index as u8, socket, session_config.clone(), shared)?;
+        senders.push((tx, session_config));
         // Every log line of a shard names it: session ids are per shard.
         let span = tracing::info_span!("shard", index);
         tasks.push(tokio::spawn(shard.run(rx).instrument(span)));

@@ -38,14 +38,25 @@ impl Quota {
     /// refused, taking nothing, when either is used up.
     pub(crate) fn admit(&self, new_room: bool, client: IpAddr) -> Result<(), ControlError> {
         let mut taken = self.taken.lock();
+        self.refusal(&taken, new_room, client)?;
+        *taken.per_address.entry(client).or_default() += 1;
+        taken.rooms += usize::from(new_room);
+        Ok(())
+    }
+
+    /// Whether [`Quota::admit`] would take the session now (it may not by
+    /// the time it is called).
+    pub(crate) fn check(&self, new_room: bool, client: IpAddr) -> Result<(), ControlError> {
+        self.refusal(&self.taken.lock(), new_room, client)
+    }
+
+    fn refusal(&self, taken: &Taken, new_room: bool, client: IpAddr) -> Result<(), ControlError> {
         if taken.per_address.get(&client).copied().unwrap_or(0) >= self.max_sessions_per_address {
             return Err(ControlError::TooManySessions);
         }
         if new_room && taken.rooms >= self.max_rooms {
             return Err(ControlError::TooManyRooms);
         }
-        *taken.per_address.entry(client).or_default() += 1;
-        taken.rooms += usize::from(new_room);
         Ok(())
     }
 

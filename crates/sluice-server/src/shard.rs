@@ -144,9 +144,10 @@ impl Shard {
     pub(crate) fn new(
         index: u8,
         socket: UdpSocket,
-        (local, candidate): (SocketAddr, SocketAddr),
+        session_config: SessionConfig,
         shared: Shared,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let local = socket.local_addr()?;
         let Shared {
             config,
             metrics,
@@ -156,15 +157,11 @@ impl Shard {
             session_ends,
         } = shared;
         let limits = config.limits.clone();
-        Shard {
+        Ok(Shard {
             index,
             socket,
             local,
-            session_config: SessionConfig {
-                candidates: vec![candidate],
-                consent_timeout: config.consent_timeout,
-                viewer_bwe_initial_bps: config.viewer_bwe_initial_bps,
-            },
+            session_config,
             router: Router::new(RouterConfig {
                 keyframe_interval: config.keyframe_interval,
             }),
@@ -188,7 +185,7 @@ impl Shard {
             room_changes,
             session_ends,
             recent_ends: VecDeque::new(),
-        }
+        })
     }
 
     /// Run until shut down or every control handle is gone.
@@ -548,13 +545,16 @@ impl Shard {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Create { request, reply } => {
-                let (room, role) = (request.room.clone(), request.role);
-                let result = self.create(request);
-                if let Err(e) = &result {
-                    info!(room = %room, ?role, "offer refused: {e}");
-                }
-                let _ = reply.send(result);
+            Command::Prepare { request, reply } => {
+                let _ = reply.send(self.prepare(&request));
+            }
+            Command::Create {
+                request,
+                accepted,
+                reply,
+            } => {
+                let (session, answer) = *accepted;
+                let _ = reply.send(self.create(request, session, answer));
                 self.process_events(Instant::now());
             }
             Command::Delete {
@@ -877,16 +877,42 @@ impl Shard {
         })
     }
 
-    fn create(&mut self, request: SessionRequest) -> Result<Created, ControlError> {
+    /// Whether a session of `request` fits the limits now, and the codecs
+    /// a viewer must be able to decode (see [`Shard::publisher_codecs`]).
+    fn prepare(
+        &self,
+        request: &SessionRequest,
+    ) -> Result<Vec<sluice_session::PayloadParams>, ControlError> {
+        let room = request.room.as_str();
+        let in_room = self.per_room.get(room).copied();
+        self.quota.check(in_room.is_none(), request.client)?;
+        if in_room.is_some_and(|n| n >= self.limits.max_sessions_per_room) {
+            return Err(ControlError::RoomFull);
+        }
+        Ok(match request.role {
+            Role::Publisher => Vec::new(),
+            Role::Viewer => self.publisher_codecs(room, &follow_of(request)),
+        })
+    }
+
+    /// Take in a session negotiated for `request` (see
+    /// [`crate::ControlHandle::create`]), if the limits still allow it.
+    fn create(
+        &mut self,
+        request: SessionRequest,
+        mut session: Session,
+        answer: String,
+    ) -> Result<Created, ControlError> {
+        let follow = follow_of(&request);
         let SessionRequest {
             role,
             room,
-            offer,
             identity,
             client,
             participant,
+            ..
         } = request;
-        let (room, offer) = (room.as_str(), offer.as_str());
+        let room = room.as_str();
         let in_room = self.per_room.get(room).copied();
         let new_room = in_room.is_none();
         self.quota.admit(new_room, client)?;
@@ -895,22 +921,6 @@ impl Shard {
             return Err(ControlError::RoomFull);
         }
         let now = Instant::now();
-        let follow = match (&participant, role) {
-            (Some(name), Role::Viewer) => Follow::Participant(Arc::from(name.as_str())),
-            _ => Follow::Room,
-        };
-        let codecs = match role {
-            Role::Publisher => Vec::new(),
-            Role::Viewer => self.publisher_codecs(room, &follow),
-        };
-        let (mut session, answer) =
-            match Session::accept(role, offer, &self.session_config, &codecs, now) {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    self.quota.release(new_room, client);
-                    return Err(ControlError::Negotiate(e));
-                }
-            };
         let id = SessionId(self.next_id);
         self.next_id += 1;
         // The shard's index, then 120 random bits.
@@ -1203,6 +1213,14 @@ fn media_kind(kind: sluice_session::MediaKind) -> MediaKind {
     match kind {
         sluice_session::MediaKind::Audio => MediaKind::Audio,
         sluice_session::MediaKind::Video => MediaKind::Video,
+    }
+}
+
+/// Whom a viewer of `request` follows: the named participant, or the room.
+fn follow_of(request: &SessionRequest) -> Follow {
+    match (&request.participant, request.role) {
+        (Some(name), Role::Viewer) => Follow::Participant(Arc::from(name.as_str())),
+        _ => Follow::Room,
     }
 }
 
