@@ -193,7 +193,8 @@ pub struct MediaConfig {
     /// after the first plus `i` (every shard picks one when the port is 0).
     pub udp: SocketAddr,
     /// Media shards: each forwards the rooms placed on it (one task, so
-    /// at most about one core each) through a UDP port of its own.
+    /// at most about one core each) through a UDP port of its own; 0 runs
+    /// one per core.
     pub shards: usize,
     /// Address announced in ICE candidates (needed when `udp` is 0.0.0.0).
     pub public_ip: Option<IpAddr>,
@@ -251,14 +252,8 @@ impl MediaConfig {
     /// The UDP address of each shard: `udp`, then the ports after it (all
     /// port 0 when `udp`'s is).
     pub fn udp_addresses(&self) -> Result<Vec<SocketAddr>, String> {
-        if !(1..=sluice_server::MAX_SHARDS).contains(&self.shards) {
-            return Err(format!(
-                "media.shards must be 1 to {}, not {}",
-                sluice_server::MAX_SHARDS,
-                self.shards
-            ));
-        }
-        (0..self.shards)
+        let shards = self.shard_count()?;
+        (0..shards)
             .map(|i| {
                 let port = match self.udp.port() {
                     0 => Some(0),
@@ -267,14 +262,26 @@ impl MediaConfig {
                 port.map(|port| SocketAddr::new(self.udp.ip(), port))
                     .ok_or_else(|| {
                         format!(
-                            "{} shards need ports {} to {}, past 65535",
-                            self.shards,
+                            "{shards} shards need ports {} to {}, past 65535",
                             self.udp.port(),
-                            usize::from(self.udp.port()) + self.shards - 1
+                            usize::from(self.udp.port()) + shards - 1
                         )
                     })
             })
             .collect()
+    }
+
+    /// How many shards to run: `shards`, or with 0 one per core this
+    /// process may use.
+    pub fn shard_count(&self) -> Result<usize, String> {
+        let max = sluice_server::MAX_SHARDS;
+        match self.shards {
+            0 => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(max))),
+            n if n <= max => Ok(n),
+            n => Err(format!(
+                "media.shards must be 1 to {max}, or 0 for one per core, not {n}"
+            )),
+        }
     }
 }
 
@@ -376,9 +383,12 @@ mod tests {
         media.udp.set_port(65535);
         let err = media.udp_addresses().unwrap_err();
         assert!(err.contains("past 65535"), "{err}");
-        media.shards = 0;
+        media.shards = 257;
         let err = media.udp_addresses().unwrap_err();
         assert!(err.contains("media.shards must be 1 to 256"), "{err}");
+        media.shards = 0; // one per core
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(media.shard_count().unwrap(), cores.min(256));
     }
 
     #[test]

@@ -115,7 +115,7 @@ struct ServeArgs {
     /// UDP address of the first media shard (shard i uses the port + i).
     #[arg(long, env = "SLUICE_UDP")]
     udp: Option<SocketAddr>,
-    /// Media shards, one core and one UDP port each.
+    /// Media shards, one core and one UDP port each (0: one per core).
     #[arg(long, env = "SLUICE_SHARDS")]
     shards: Option<usize>,
     /// Address put into ICE candidates (needed when --udp binds 0.0.0.0).
