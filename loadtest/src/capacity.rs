@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sluice_testkit::Peer;
 
+use crate::procfs;
 use crate::report::{Spread, loss_pct};
-use crate::server;
-use crate::{Args, Role, start_peer};
+use crate::{Args, Role, is_probe, start_peer};
 
 /// A step fails above this loss, in percent.
 const MAX_LOSS_PCT: f64 = 0.5;
@@ -65,15 +65,23 @@ pub async fn find(args: &Args) -> Result<Capacity, String> {
             publishers.extend(start_peer(args, room, Role::Publish(i)).await?);
         }
     }
-    let pid = args.server_pid.or_else(server::find_sluice);
+    let pid = args.server_pid.or_else(procfs::find_sluice);
     let mut subscribers: Vec<Peer> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     let window = Duration::from_secs(args.duration);
     while subscribers.len() < args.max_subscribers {
-        let target = (subscribers.len() + args.step).min(args.max_subscribers);
+        let start = subscribers.len();
+        let target = (start + args.step).min(args.max_subscribers);
+        // Each step brings its own probes, spread over the step's new
+        // subscribers of each room and ending with its last one.
+        let per_room = (target - start).div_ceil(args.rooms);
         while subscribers.len() < target {
             let n = subscribers.len();
-            let role = Role::Subscribe(n / args.rooms, None);
+            let role = Role::Subscribe {
+                n: n / args.rooms,
+                follow: None,
+                probe: is_probe((n - start) / args.rooms, per_room, args.probes),
+            };
             subscribers.extend(start_peer(args, n % args.rooms, role).await?);
             if subscribers.len() == n {
                 return Err(format!("subscriber {n} could not join"));
@@ -86,11 +94,11 @@ pub async fn find(args: &Args) -> Result<Capacity, String> {
         // Let new subscribers reach their first keyframe before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = snapshot(&subscribers);
-        let cpu_before = pid.and_then(server::cpu);
+        let cpu_before = pid.and_then(procfs::cpu);
         let start = Instant::now();
         tokio::time::sleep(window).await;
-        let cpu_pct = match (cpu_before, pid.and_then(server::cpu)) {
-            (Some(a), Some(b)) => Some(server::cpu_pct(a, b)),
+        let cpu_pct = match (cpu_before, pid.and_then(procfs::cpu)) {
+            (Some(a), Some(b)) => Some(procfs::cpu_pct(a, b)),
             _ => None,
         };
         let after = snapshot(&subscribers);

@@ -1,24 +1,24 @@
 //! `sluice-loadtest`: synthetic WHIP publishers and WHEP subscribers
 //! against a running Sluice, with a summary table and a JSON report.
 //!
-//! Each peer is a real str0m WebRTC client with its own UDP socket and
-//! task, sending VP8 and Opus-sized packets that carry their send time.
-//! A few probe subscribers per room decrypt everything and measure latency;
-//! the rest count packets and losses from the clear RTP headers. Multiplexing many peers
-//! over few sockets, per-viewer layer choice (`--layer`) and the capacity
-//! search are still to come.
+//! Each peer is a real str0m WebRTC client with its own task, sending VP8
+//! and Opus-sized packets that carry their send time. A few probe
+//! subscribers per room decrypt everything and measure latency; the rest
+//! count packets and losses from the clear RTP headers, read for all of
+//! them by one receive thread, from a socket each or (`--shared-socket`,
+//! in a network namespace of its own) from one socket they all share.
 
 mod capacity;
 mod delay;
+mod procfs;
 mod report;
-mod server;
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use report::{LayerCounts, Percentiles, Report, ServerUse, Spread, loss_pct};
+use report::{LayerCounts, Percentiles, Report, Spread, loss_pct};
 use sluice_http::auth::{Claims, Grants, mint, now_secs};
 use sluice_testkit::peer::PeerState;
 use sluice_testkit::{Peer, PeerOptions};
@@ -102,6 +102,12 @@ struct Args {
     /// named `sluice` on this machine, if there is exactly one).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Count-only subscribers share one UDP socket, each with an address
+    /// of its own in 127.1.0.0/16, instead of a socket each. Needs a
+    /// network namespace of its own with only loopback: run the server
+    /// and the tester under `unshare --net` (see docs/loadtest.md).
+    #[arg(long)]
+    shared_socket: bool,
 }
 
 /// `30`, `30s`, `2m` as seconds.
@@ -164,8 +170,22 @@ impl Args {
 enum Role {
     /// The `n`-th publisher.
     Publish(usize),
-    /// The `n`-th subscriber, following the room or the `k`-th publisher.
-    Subscribe(usize, Option<usize>),
+    /// The `n`-th subscriber, following the room or the `k`-th publisher
+    /// (`follow`); a probe decrypts everything and measures latency.
+    Subscribe {
+        n: usize,
+        follow: Option<usize>,
+        probe: bool,
+    },
+}
+
+/// Whether the `n`-th of a room's `count` subscribers is one of its
+/// `probes` probes. Probes are spread evenly over the join order and the
+/// last subscriber is always one: the server fans a packet out in join
+/// order, so probes that all joined first would only ever see the start
+/// of a fan-out and report too little latency.
+fn is_probe(n: usize, count: usize, probes: usize) -> bool {
+    count > 0 && (n + 1) * probes / count > n * probes / count
 }
 
 /// The participant name (and token identity) of a room's `n`-th publisher.
@@ -173,8 +193,7 @@ fn publisher_name(room: usize, n: usize) -> String {
     format!("load-{room}-p-{n}")
 }
 
-/// Start one peer of room `room` (the first `--probes` subscribers of a
-/// room decrypt everything).
+/// Start one peer of room `room`.
 async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>, String> {
     let name = args.room_name(room);
     let (publish, identity, participant, count_only) = match role {
@@ -184,11 +203,11 @@ async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>
             Some(publisher_name(room, n)),
             false,
         ),
-        Role::Subscribe(n, follow) => (
+        Role::Subscribe { n, follow, probe } => (
             false,
             format!("load-{room}-s-{n}"),
             follow.map(|k| publisher_name(room, k)),
-            n >= args.probes,
+            !probe,
         ),
     };
     let options = PeerOptions {
@@ -219,20 +238,30 @@ async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
         .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     for r in 0..args.rooms {
         let mut roles: Vec<Role> = (0..args.publishers).map(Role::Publish).collect();
-        if args.meeting {
-            let pairs = (0..args.publishers)
+        let follows: Vec<Option<usize>> = if args.meeting {
+            (0..args.publishers)
                 .flat_map(|w| (0..args.publishers).filter(move |&k| k != w))
-                .enumerate()
-                .map(|(n, k)| Role::Subscribe(n, Some(k)));
-            roles.extend(pairs);
+                .map(Some)
+                .collect()
         } else {
-            roles.extend((0..args.subscribers).map(|n| Role::Subscribe(n, None)));
-        }
+            vec![None; args.subscribers]
+        };
+        let count = follows.len();
+        roles.extend(
+            follows
+                .into_iter()
+                .enumerate()
+                .map(|(n, follow)| Role::Subscribe {
+                    n,
+                    follow,
+                    probe: is_probe(n, count, args.probes),
+                }),
+        );
         for role in roles {
             if let Some(peer) = start_peer(args, r, role).await? {
                 match role {
                     Role::Publish(_) => publishers.push(peer),
-                    Role::Subscribe(..) => subscribers.push(peer),
+                    Role::Subscribe { .. } => subscribers.push(peer),
                 }
             }
             if let Some(pause) = pause {
@@ -279,8 +308,10 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     let connected = everyone().filter(|p| p.with_state(|s| s.connected)).count();
 
-    let pid = args.server_pid.or_else(server::find_sluice);
-    let cpu_start = pid.and_then(server::cpu);
+    let pid = args.server_pid.or_else(procfs::find_sluice);
+    let cpu_start = pid.and_then(procfs::cpu);
+    let me = std::process::id();
+    let my_cpu_start = procfs::cpu(me);
     let delay_start = delay::scrape(&args.url).await;
     let bytes_start = received_bytes(&subscribers);
     let window_start = Instant::now();
@@ -305,13 +336,9 @@ async fn run(args: Args) -> Result<bool, String> {
         _ => None,
     };
     let bytes = received_bytes(&subscribers) - bytes_start;
-    let server = match (pid, cpu_start, pid.and_then(server::cpu)) {
-        (Some(pid), Some(a), Some(b)) => Some(ServerUse {
-            cpu_pct: server::cpu_pct(a, b),
-            rss_mb: server::rss_mb(pid).unwrap_or(0.0),
-        }),
-        _ => None,
-    };
+    let server = pid.and_then(|pid| procfs::usage(pid, cpu_start?));
+    let tester = my_cpu_start.and_then(|start| procfs::usage(me, start));
+    let tester_udp_sockets = procfs::udp_sockets(me);
 
     let (received, lost) = subscribers.iter().fold((0, 0), |(r, l), p| {
         p.with_state(|s| {
@@ -346,6 +373,8 @@ async fn run(args: Args) -> Result<bool, String> {
             bytes as f64 * 8.0 / 1000.0 / window / subscribers.len() as f64
         },
         server,
+        tester,
+        tester_udp_sockets,
         server_delay_ms,
         probe_layers: LayerCounts::of(
             subscribers
@@ -414,12 +443,32 @@ fn print_summary(r: &Report) {
         ),
         None => println!("server           unknown (give --server-pid)"),
     }
+    if let Some(t) = r.tester {
+        println!(
+            "tester           {:.1} % CPU, {:.1} MiB RSS, {} UDP sockets",
+            t.cpu_pct,
+            t.rss_mb,
+            r.tester_udp_sockets.map_or("?".into(), |n| n.to_string())
+        );
+    }
     if let Some(d) = r.server_delay_ms {
         println!(
             "server delay     p50 {:.2} ms, p99 {:.2} ms (sluice_forward_delay_seconds)",
             d.p50, d.p99
         );
     }
+}
+
+/// Put every count-only subscriber on one shared socket.
+#[cfg(target_os = "linux")]
+fn share_one_socket() -> std::io::Result<()> {
+    sluice_testkit::endpoint::share_one_socket()
+}
+
+/// Shared sockets need Linux.
+#[cfg(not(target_os = "linux"))]
+fn share_one_socket() -> std::io::Result<()> {
+    Err(std::io::Error::other("needs Linux"))
 }
 
 /// `--find-capacity`: the search, its summary and JSON.
@@ -439,6 +488,12 @@ async fn run_capacity(args: Args) -> Result<bool, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.shared_socket
+        && let Err(e) = share_one_socket()
+    {
+        eprintln!("sluice-loadtest: --shared-socket: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = if args.find_capacity {
         run_capacity(args).await
     } else {
@@ -459,7 +514,23 @@ async fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::progress_bar;
+    use super::{is_probe, progress_bar};
+
+    /// Probes spread over the join order, the last subscriber among them.
+    #[test]
+    fn probes_are_spread_and_include_the_last_subscriber() {
+        let probes = |count, k| {
+            (0..count)
+                .filter(|&n| is_probe(n, count, k))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(probes(700, 2), [349, 699]);
+        assert_eq!(probes(10, 1), [9]);
+        assert_eq!(probes(9, 3), [2, 5, 8]);
+        assert_eq!(probes(3, 5), [0, 1, 2]);
+        assert_eq!(probes(4, 0), Vec::<usize>::new());
+        assert_eq!(probes(0, 2), Vec::<usize>::new());
+    }
 
     #[test]
     fn the_progress_bar_fills_with_time() {

@@ -29,9 +29,9 @@ impl Spread {
     }
 }
 
-/// Server resource use over the measurement window.
+/// A process's resource use over the measurement window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct ServerUse {
+pub struct ProcessUse {
     /// CPU, percent of one core.
     pub cpu_pct: f64,
     /// Resident memory at the end, MiB.
@@ -73,7 +73,11 @@ pub struct Report {
     /// Mean payload bitrate each subscriber received in the window, kbit/s.
     pub recv_kbps_per_subscriber: f64,
     /// The server's CPU and memory, when its pid is known.
-    pub server: Option<ServerUse>,
+    pub server: Option<ProcessUse>,
+    /// The tester's own CPU and memory (this process).
+    pub tester: Option<ProcessUse>,
+    /// UDP sockets the tester had open at the end of the window.
+    pub tester_udp_sockets: Option<usize>,
     /// The server's own forwarding delay in the window (its
     /// `sluice_forward_delay_seconds` histogram), ms.
     pub server_delay_ms: Option<Percentiles>,

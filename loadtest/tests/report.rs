@@ -205,3 +205,87 @@ async fn a_meeting_has_everyone_watch_everyone_else() {
 
     stop_server(stop, server).await;
 }
+
+/// Set in the copy of this test binary that runs inside a network
+/// namespace of its own.
+const IN_NAMESPACE: &str = "SLUICE_LOADTEST_IN_NETNS";
+
+/// Count-only subscribers on one shared socket, each with an address of
+/// its own: the server tells them apart, everyone connects and nothing is
+/// lost, while the tester holds one UDP socket for all of them.
+///
+/// The shared socket needs a network namespace with only loopback, so the
+/// test runs itself again under `unshare --net` (as root) and does its work
+/// there, server included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_only_subscribers_share_one_socket() {
+    const NAME: &str = "count_only_subscribers_share_one_socket";
+    if std::env::var_os(IN_NAMESPACE).is_none() {
+        let run = tokio::task::spawn_blocking(|| {
+            Command::new("unshare")
+                .args(["--net", "--"])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture"])
+                .env(IN_NAMESPACE, "1")
+                .output()
+                .expect("run unshare (util-linux)")
+        })
+        .await
+        .unwrap();
+        assert!(
+            run.status.success(),
+            "in a new network namespace:\n{}\n{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        // The copy ran the test, rather than finding no test of that name.
+        assert!(
+            String::from_utf8_lossy(&run.stdout).contains("1 passed"),
+            "{}",
+            String::from_utf8_lossy(&run.stdout)
+        );
+        return;
+    }
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("run ip (iproute2)");
+    assert!(up.success(), "cannot bring loopback up in the namespace");
+
+    let (url, stop, server) = start_server().await;
+    let (summary, report) = run_tester(
+        "shared",
+        args(&[
+            "--url",
+            &url,
+            "--room",
+            "shared",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "12",
+            "--probes",
+            "1",
+            "--duration",
+            "3s",
+            "--shared-socket",
+        ]),
+    )
+    .await;
+    assert_eq!(report["connected"], 13, "{report}");
+    assert_eq!(report["loss_pct"], 0.0, "{report}");
+    // Every subscriber gets the whole stream (about 216 kbit/s of video
+    // and 50 audio packets a second), so none was mistaken for another.
+    assert!(
+        report["recv_kbps_per_subscriber"].as_f64().unwrap() > 150.0,
+        "{report}"
+    );
+    assert!(
+        report["packets_received"].as_u64().unwrap() >= 12 * 3 * 100,
+        "{report}"
+    );
+    // The publisher's socket, the probe's, and one for the other eleven.
+    assert_eq!(report["tester_udp_sockets"], 3, "{summary}\n{report}");
+
+    stop_server(stop, server).await;
+}

@@ -3,9 +3,11 @@
 //! A load test's cost is in receiving: a subscriber's own task wakes, makes
 //! a system call and re-arms its timers for every datagram, which made the
 //! tester spend more than half the CPU the server spent forwarding. The hub
-//! instead owns the sockets of all count-only subscribers of the process:
-//! every round it asks `epoll` which sockets have datagrams, reads each one
-//! with `recvmmsg`, counts RTP packets from their clear headers (see
+//! instead reads for all count-only subscribers of the process, whether
+//! each has a socket of its own or all share one (see [`crate::endpoint`]):
+//! every round it asks `epoll` which sockets have datagrams, reads them
+//! with `recvmmsg`, finds each datagram's subscriber by the address it was
+//! sent to, counts RTP packets from their clear headers (see
 //! [`crate::counting`]) and hands everything else (STUN, DTLS, RTCP) to the
 //! subscriber's task, whose str0m stack answers it. The sockets ask for
 //! UDP GRO: a run of datagrams the server sent with one GSO send (see the
@@ -17,8 +19,8 @@
 //! arrival times of counted packets are known to within a round.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,12 +29,17 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::counting::{SeqExtender, rtp_header};
+use crate::endpoint::Endpoint;
 use crate::peer::PeerState;
 
 /// The pause between two receive rounds.
 pub const ROUND: Duration = Duration::from_millis(1);
 /// Datagrams read per `recvmmsg` call.
 const MSGS: usize = 16;
+/// `recvmmsg` calls per socket per round: a shared socket holds the
+/// datagrams of every subscriber, and is drained in one round up to
+/// `MSGS * MAX_READS` reads.
+const MAX_READS: usize = 64;
 /// Room for the largest read: a run of datagrams coalesced by GRO.
 const ROOM: usize = 65_536;
 /// Ready sockets taken per `epoll_wait`.
@@ -43,8 +50,6 @@ pub type Datagram = (Vec<u8>, SocketAddr);
 
 /// What the hub needs to count one subscriber's media.
 pub struct Subscription {
-    /// The subscriber's socket; the hub reads it, the task sends on a clone.
-    pub socket: UdpSocket,
     /// The streams to count: `(ssrc, is_video)`.
     pub streams: Vec<(u32, bool)>,
     /// Where the counts go.
@@ -53,7 +58,7 @@ pub struct Subscription {
     pub rest: mpsc::UnboundedSender<Datagram>,
 }
 
-/// Keeps a socket registered with the hub; dropping it takes it out.
+/// Keeps a subscriber registered with the hub; dropping it takes it out.
 pub struct Registration {
     id: u64,
 }
@@ -64,20 +69,31 @@ impl Drop for Registration {
     }
 }
 
-/// Hand a subscriber's socket to the hub (started on first use).
-pub fn register(subscription: Subscription) -> std::io::Result<Registration> {
+/// Have the hub count what arrives at `endpoint` (started on first use).
+pub fn register(endpoint: &Endpoint, subscription: Subscription) -> std::io::Result<Registration> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    subscription.socket.set_nonblocking(true)?;
-    enable_gro(&subscription.socket);
+    let SocketAddr::V4(local) = endpoint.local() else {
+        return Err(std::io::Error::other("endpoints speak IPv4 only"));
+    };
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     hub()
-        .send(Command::Add(id, subscription))
+        .send(Command::Add {
+            id,
+            socket: endpoint.socket().clone(),
+            local,
+            sub: subscription,
+        })
         .map_err(|_| std::io::Error::other("the receive hub stopped"))?;
     Ok(Registration { id })
 }
 
 enum Command {
-    Add(u64, Subscription),
+    Add {
+        id: u64,
+        socket: Arc<UdpSocket>,
+        local: SocketAddrV4,
+        sub: Subscription,
+    },
     Remove(u64),
 }
 
@@ -100,13 +116,28 @@ fn hub() -> &'static std_mpsc::Sender<Command> {
 /// A registered subscriber.
 struct Entry {
     sub: Subscription,
+    /// Where the server sends its datagrams.
+    local: SocketAddrV4,
+    /// The socket they arrive on.
+    fd: RawFd,
     /// Sequence number extension per counted stream, in `sub.streams` order.
     seqs: Vec<SeqExtender>,
+}
+
+/// A socket the hub reads: one subscriber's own, or the shared one.
+struct Watched {
+    socket: Arc<UdpSocket>,
+    /// Subscribers reached through it.
+    users: usize,
 }
 
 struct Hub {
     epoll: OwnedFd,
     entries: HashMap<u64, Entry>,
+    /// Subscribers by the address their datagrams are sent to.
+    by_local: HashMap<SocketAddrV4, u64>,
+    /// Sockets registered with `epoll`, by descriptor.
+    sockets: HashMap<RawFd, Watched>,
     /// [`MSGS`] buffers of [`ROOM`] bytes each.
     bufs: Box<[u8]>,
 }
@@ -122,6 +153,8 @@ impl Hub {
             // SAFETY: `fd` is a new descriptor nothing else owns.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             entries: HashMap::new(),
+            by_local: HashMap::new(),
+            sockets: HashMap::new(),
             bufs: vec![0; MSGS * ROOM].into_boxed_slice(),
         })
     }
@@ -162,7 +195,7 @@ impl Hub {
                 return Err(e);
             }
             for event in &events[..n as usize] {
-                self.read(event.u64);
+                self.read(event.u64 as RawFd);
             }
             if (n as usize) < EVENTS {
                 std::thread::sleep(ROUND);
@@ -172,25 +205,40 @@ impl Hub {
 
     fn apply(&mut self, command: Command) -> std::io::Result<()> {
         match command {
-            Command::Add(id, sub) => {
-                let mut event = libc::epoll_event {
-                    events: libc::EPOLLIN as u32,
-                    u64: id,
-                };
-                // SAFETY: the socket's descriptor is open; `event` is valid.
-                let rc = unsafe {
-                    libc::epoll_ctl(
-                        self.epoll.as_raw_fd(),
-                        libc::EPOLL_CTL_ADD,
-                        sub.socket.as_raw_fd(),
-                        &mut event,
-                    )
-                };
-                if rc < 0 {
-                    return Err(std::io::Error::last_os_error());
+            Command::Add {
+                id,
+                socket,
+                local,
+                sub,
+            } => {
+                let fd = socket.as_raw_fd();
+                if let Some(watched) = self.sockets.get_mut(&fd) {
+                    watched.users += 1;
+                } else {
+                    let mut event = libc::epoll_event {
+                        events: libc::EPOLLIN as u32,
+                        u64: fd as u64,
+                    };
+                    // SAFETY: the socket's descriptor is open; `event` is valid.
+                    let rc = unsafe {
+                        libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+                    };
+                    if rc < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    self.sockets.insert(fd, Watched { socket, users: 1 });
                 }
                 let seqs = vec![SeqExtender::default(); sub.streams.len()];
-                self.entries.insert(id, Entry { sub, seqs });
+                self.by_local.insert(local, id);
+                self.entries.insert(
+                    id,
+                    Entry {
+                        sub,
+                        local,
+                        fd,
+                        seqs,
+                    },
+                );
             }
             Command::Remove(id) => self.remove(id),
         }
@@ -198,97 +246,92 @@ impl Hub {
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(entry) = self.entries.remove(&id) {
-            // SAFETY: the descriptor is still open (the entry owned it).
+        let Some(entry) = self.entries.remove(&id) else {
+            return;
+        };
+        if self.by_local.get(&entry.local) == Some(&id) {
+            self.by_local.remove(&entry.local);
+        }
+        let Some(watched) = self.sockets.get_mut(&entry.fd) else {
+            return;
+        };
+        watched.users -= 1;
+        if watched.users == 0 {
+            // SAFETY: the descriptor is still open (`watched` holds the socket).
             unsafe {
                 libc::epoll_ctl(
                     self.epoll.as_raw_fd(),
                     libc::EPOLL_CTL_DEL,
-                    entry.sub.socket.as_raw_fd(),
+                    entry.fd,
                     std::ptr::null_mut(),
                 );
             }
+            self.sockets.remove(&entry.fd);
         }
     }
 
-    /// Read what one socket holds (up to [`MSGS`] reads; the rest waits
-    /// for the next round, as `epoll` still reports the socket).
-    fn read(&mut self, id: u64) {
-        let Some(entry) = self.entries.get_mut(&id) else {
+    /// Read what one socket holds, up to [`MAX_READS`] `recvmmsg` calls;
+    /// the rest waits for the next round, as `epoll` still reports the
+    /// socket.
+    fn read(&mut self, fd: RawFd) {
+        let Some(watched) = self.sockets.get(&fd) else {
             return;
         };
-        let mut received = [Received::default(); MSGS];
-        let n = match recv_batch(&entry.sub.socket, &mut self.bufs, &mut received) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(_) => {
-                self.remove(id);
-                return;
-            }
+        let socket = watched.socket.clone();
+        let Ok(SocketAddr::V4(bound)) = socket.local_addr() else {
+            return;
         };
-        let now = Instant::now();
-        let mut gone = false;
-        let mut state = entry.sub.state.lock();
-        for (buf, r) in self.bufs.chunks(ROOM).zip(&received[..n]) {
-            if r.len > ROOM {
-                continue; // cannot happen: GRO stops at 64 KiB
-            }
-            let read = &buf[..r.len];
-            for datagram in read.chunks(r.segment.unwrap_or(r.len).max(1)) {
-                match rtp_header(datagram) {
-                    Some((ssrc, seq, bytes)) => {
-                        // RTX and anything else unknown is swallowed, not counted.
-                        let Some(i) = entry.sub.streams.iter().position(|s| s.0 == ssrc) else {
-                            continue;
-                        };
-                        let seq = entry.seqs[i].extend(seq);
-                        state.rx[usize::from(entry.sub.streams[i].1)].record(seq, bytes);
-                        state.first_packet_at.get_or_insert(now);
-                    }
-                    None => {
-                        let Some(source) = r.source else {
-                            continue;
-                        };
-                        gone |= entry.sub.rest.send((datagram.to_vec(), source)).is_err();
+        for _ in 0..MAX_READS {
+            let mut received = [Received::default(); MSGS];
+            let n = match recv_batch(&socket, &mut self.bufs, &mut received) {
+                Ok(n) => n,
+                Err(_) => return, // would block, or a socket error: next round
+            };
+            let now = Instant::now();
+            for (i, r) in received[..n].iter().enumerate() {
+                let to = SocketAddrV4::new(r.destination.unwrap_or(*bound.ip()), bound.port());
+                if let Some(&id) = self.by_local.get(&to) {
+                    let buf = &self.bufs[i * ROOM..][..r.len.min(ROOM)];
+                    if !count(self.entries.get_mut(&id), r, buf, now) {
+                        self.remove(id);
                     }
                 }
             }
-        }
-        drop(state);
-        if gone {
-            self.remove(id);
+            if n < MSGS {
+                return;
+            }
         }
     }
 }
 
-/// Ask the kernel to hand over runs of datagrams as one buffer (UDP GRO,
-/// Linux 5.0 and later). Without it every datagram is read on its own,
-/// which still works.
-fn enable_gro(socket: &UdpSocket) {
-    let _ = set_udp_option(socket, libc::UDP_GRO, 1);
-}
-
-/// Set a `SOL_UDP` socket option to an integer.
-fn set_udp_option(
-    socket: &UdpSocket,
-    option: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: the option value is a c_int that outlives the call, and its
-    // size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            option,
-            &value as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
+/// Count the media of one read (a datagram or a GRO run) for `entry`, and
+/// hand everything else to its task. False when the task is gone.
+fn count(entry: Option<&mut Entry>, r: &Received, read: &[u8], now: Instant) -> bool {
+    let Some(entry) = entry else {
+        return true;
     };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+    let mut alive = true;
+    let mut state = entry.sub.state.lock();
+    for datagram in read.chunks(r.segment.unwrap_or(r.len).max(1)) {
+        match rtp_header(datagram) {
+            Some((ssrc, seq, bytes)) => {
+                // RTX and anything else unknown is swallowed, not counted.
+                let Some(i) = entry.sub.streams.iter().position(|s| s.0 == ssrc) else {
+                    continue;
+                };
+                let seq = entry.seqs[i].extend(seq);
+                state.rx[usize::from(entry.sub.streams[i].1)].record(seq, bytes);
+                state.first_packet_at.get_or_insert(now);
+            }
+            None => {
+                let Some(source) = r.source else {
+                    continue;
+                };
+                alive &= entry.sub.rest.send((datagram.to_vec(), source)).is_ok();
+            }
+        }
     }
-    Ok(())
+    alive
 }
 
 /// What one read of [`recv_batch`] got.
@@ -301,6 +344,8 @@ struct Received {
     /// With GRO, the size of each datagram of the run (the last may be
     /// shorter).
     segment: Option<usize>,
+    /// The address it was sent to (`IP_PKTINFO`).
+    destination: Option<Ipv4Addr>,
 }
 
 /// Read up to [`MSGS`] datagrams (or GRO runs) from `socket` in one
@@ -311,18 +356,18 @@ fn recv_batch(
     bufs: &mut [u8],
     out: &mut [Received; MSGS],
 ) -> std::io::Result<usize> {
-    /// Room for one control message carrying a c_int (the GRO segment
-    /// size), aligned as `cmsghdr` needs.
+    /// Room for two control messages, a c_int (the GRO segment size) and
+    /// an `in_pktinfo` (the destination), aligned as `cmsghdr` needs.
     #[derive(Clone, Copy)]
     #[repr(C, align(8))]
-    struct GroControl([u8; 32]);
+    struct Control([u8; 64]);
 
     // SAFETY (zeroed values): plain C structs for which all-zero bytes are
     // valid.
     let mut addrs: [libc::sockaddr_storage; MSGS] = unsafe { std::mem::zeroed() };
     let mut iovs: [libc::iovec; MSGS] = unsafe { std::mem::zeroed() };
     let mut msgs: [libc::mmsghdr; MSGS] = unsafe { std::mem::zeroed() };
-    let mut controls = [GroControl([0; 32]); MSGS];
+    let mut controls = [Control([0; 64]); MSGS];
     for (i, buf) in bufs.chunks_mut(ROOM).take(MSGS).enumerate() {
         iovs[i].iov_base = buf.as_mut_ptr() as *mut libc::c_void;
         iovs[i].iov_len = buf.len();
@@ -332,7 +377,7 @@ fn recv_batch(
         hdr.msg_iov = &mut iovs[i];
         hdr.msg_iovlen = 1;
         hdr.msg_control = controls[i].0.as_mut_ptr() as *mut libc::c_void;
-        hdr.msg_controllen = size_of::<GroControl>() as _;
+        hdr.msg_controllen = size_of::<Control>() as _;
     }
     // SAFETY: every header points into `addrs`, `iovs`, `controls` and
     // `bufs`, which outlive the call; MSGS headers are initialised.
@@ -351,31 +396,44 @@ fn recv_batch(
     }
     let n = n as usize;
     for i in 0..n {
+        let (segment, destination) = control(&msgs[i].msg_hdr);
         out[i] = Received {
             len: msgs[i].msg_len as usize,
             source: socket_addr(&addrs[i]),
-            segment: gro_segment(&msgs[i].msg_hdr),
+            segment,
+            destination,
         };
     }
     Ok(n)
 }
 
-/// The GRO segment size a received message's control data carries, if any.
-fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
+/// What a received message's control data says: the GRO segment size and
+/// the destination address, where present.
+fn control(hdr: &libc::msghdr) -> (Option<usize>, Option<Ipv4Addr>) {
+    let (mut segment, mut destination) = (None, None);
     // SAFETY: `hdr` is a header `recvmmsg` filled in: its control pointer
     // and length describe the control messages the kernel wrote, which the
-    // CMSG macros walk without leaving them.
+    // CMSG macros walk without leaving them; each payload is read as the
+    // type its level and type name.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
-                return usize::try_from(size).ok().filter(|&s| s > 0);
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_UDP, libc::UDP_GRO) => {
+                    let size = std::ptr::read_unaligned(data as *const libc::c_int);
+                    segment = usize::try_from(size).ok().filter(|&s| s > 0);
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data as *const libc::in_pktinfo);
+                    destination = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
         }
     }
-    None
+    (segment, destination)
 }
 
 /// A C socket address as a Rust one (IPv4 and IPv6 only).
@@ -406,6 +464,7 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::set_int;
 
     /// An SRTP-shaped packet: RTP header (version 2, `seq`, `ssrc`), then
     /// `payload` bytes and a 16-byte tag.
@@ -421,7 +480,13 @@ mod tests {
     /// Send `run` as one buffer the kernel cuts into datagrams of
     /// `segment` bytes (UDP GSO), so the receiver sees a GRO run.
     fn send_run(socket: &UdpSocket, to: SocketAddr, run: &[u8], segment: u16) {
-        set_udp_option(socket, libc::UDP_SEGMENT, libc::c_int::from(segment)).unwrap();
+        set_int(
+            socket,
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            libc::c_int::from(segment),
+        )
+        .unwrap();
         assert_eq!(socket.send_to(run, to).unwrap(), run.len());
     }
 
@@ -430,17 +495,19 @@ mod tests {
     /// size, and hands every other datagram to the task whole.
     #[tokio::test]
     async fn runs_of_datagrams_are_cut_apart_counted_and_handed_on() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = receiver.local_addr().unwrap();
+        let endpoint = Endpoint::new().unwrap();
+        let to = endpoint.local();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let state = Arc::new(Mutex::new(PeerState::default()));
         let (rest, mut others) = mpsc::unbounded_channel();
-        let _registration = register(Subscription {
-            socket: receiver,
-            streams: vec![(7, true)],
-            state: state.clone(),
-            rest,
-        })
+        let _registration = register(
+            &endpoint,
+            Subscription {
+                streams: vec![(7, true)],
+                state: state.clone(),
+                rest,
+            },
+        )
         .unwrap();
 
         // Five video packets of 1,000 payload bytes and a shorter sixth.
@@ -473,22 +540,21 @@ mod tests {
     }
 
     /// With GRO on, a GSO run arrives as one read that names its segment
-    /// size.
+    /// size and the address it was sent to.
     #[test]
-    fn a_run_is_one_read_with_its_segment_size() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        enable_gro(&receiver);
+    fn a_run_is_one_read_with_its_segment_size_and_destination() {
+        let endpoint = Endpoint::new().unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let run: Vec<u8> = (0..3u16).flat_map(|seq| rtp(7, seq, 500)).collect();
-        send_run(&sender, receiver.local_addr().unwrap(), &run, 528);
+        send_run(&sender, endpoint.local(), &run, 528);
         let mut bufs = vec![0; MSGS * ROOM];
         let mut out = [Received::default(); MSGS];
-        let n = recv_batch(&receiver, &mut bufs, &mut out).unwrap();
+        let n = recv_batch(endpoint.socket(), &mut bufs, &mut out).unwrap();
         assert_eq!(n, 1);
         assert_eq!(out[0].len, 3 * 528);
         assert_eq!(out[0].segment, Some(528));
         assert_eq!(out[0].source, Some(sender.local_addr().unwrap()));
+        assert_eq!(out[0].destination, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(&bufs[..out[0].len], &run[..]);
     }
 }

@@ -5,6 +5,8 @@
 pub mod clip;
 pub mod counting;
 #[cfg(target_os = "linux")]
+pub mod endpoint;
+#[cfg(target_os = "linux")]
 pub mod hub;
 pub mod media;
 pub mod peer;

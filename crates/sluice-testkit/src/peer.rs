@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::clip::Clip;
 #[cfg(target_os = "linux")]
+use crate::endpoint::Endpoint;
+#[cfg(target_os = "linux")]
 use crate::hub;
 use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, layer_tag, sent_at, stamp};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
@@ -222,11 +224,11 @@ impl Peer {
         if options.clips && options.video != VideoCodec::Vp8 {
             return Err(PeerError::Local("the shipped clips are VP8".into()));
         }
-        let socket = UdpSocket::bind("127.0.0.1:0")
+        let socket = Socket::open(options.count_only && !options.publish)
             .await
             .map_err(|e| PeerError::Local(e.to_string()))?;
         let local = socket
-            .local_addr()
+            .local()
             .map_err(|e| PeerError::Local(e.to_string()))?;
         let now = Instant::now();
         let builder = Rtc::builder()
@@ -292,11 +294,7 @@ impl Peer {
             post_at: Some(post_at),
             ..PeerState::default()
         }));
-        let link = if options.count_only && !options.publish {
-            Link::counted(socket, &answer, &state)?
-        } else {
-            Link::Own(socket)
-        };
+        let link = socket.link(&answer, &state)?;
         let http = Http {
             resource: resource.clone(),
             answer,
@@ -484,53 +482,83 @@ fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), P
         .map_err(|e| PeerError::Local(e.to_string()))
 }
 
+/// A peer's socket while it negotiates.
+enum Socket {
+    /// A socket of its own, which the peer's task reads.
+    Own(UdpSocket),
+    /// A count-only subscriber's endpoint, which the receive hub reads.
+    #[cfg(target_os = "linux")]
+    Counted(Endpoint),
+}
+
+impl Socket {
+    /// An endpoint for a count-only subscriber (`counted`, on Linux; a
+    /// shared socket's address once [`crate::endpoint::share_one_socket`]
+    /// ran), else a socket of its own on 127.0.0.1.
+    async fn open(counted: bool) -> std::io::Result<Socket> {
+        #[cfg(target_os = "linux")]
+        if counted {
+            return Endpoint::new().map(Socket::Counted);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = counted;
+        UdpSocket::bind("127.0.0.1:0").await.map(Socket::Own)
+    }
+
+    /// The address the peer advertises as its host candidate.
+    fn local(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Socket::Own(socket) => socket.local_addr(),
+            #[cfg(target_os = "linux")]
+            Socket::Counted(endpoint) => Ok(endpoint.local()),
+        }
+    }
+
+    /// The link of a peer whose server answered `answer`: a count-only
+    /// subscriber's endpoint goes to the hub, which counts the streams the
+    /// answer names into `state`.
+    fn link(self, answer: &str, state: &Arc<Mutex<PeerState>>) -> Result<Link, PeerError> {
+        match self {
+            Socket::Own(socket) => Ok(Link::Own(socket)),
+            #[cfg(target_os = "linux")]
+            Socket::Counted(endpoint) => {
+                let (tx, rest) = mpsc::unbounded_channel();
+                let registration = hub::register(
+                    &endpoint,
+                    hub::Subscription {
+                        streams: crate::counting::ssrcs_by_kind(answer),
+                        state: state.clone(),
+                        rest: tx,
+                    },
+                )
+                .map_err(|e| PeerError::Local(e.to_string()))?;
+                Ok(Link::Hub {
+                    _registration: registration,
+                    endpoint,
+                    rest,
+                })
+            }
+        }
+    }
+}
+
 /// How the peer's datagrams come in and go out.
 enum Link {
     /// The peer's task reads its socket itself.
     Own(UdpSocket),
-    /// The receive hub reads the socket, counts media and passes the rest
-    /// on; the task sends on a clone of the socket.
+    /// The receive hub reads the endpoint, counts media and passes the rest
+    /// on; the task sends through the endpoint.
     #[cfg(target_os = "linux")]
     Hub {
-        socket: std::net::UdpSocket,
-        rest: mpsc::UnboundedReceiver<hub::Datagram>,
         _registration: hub::Registration,
+        endpoint: Endpoint,
+        rest: mpsc::UnboundedReceiver<hub::Datagram>,
     },
 }
 
 impl Link {
-    /// The link of a count-only subscriber whose server answered `answer`.
-    #[cfg(target_os = "linux")]
-    fn counted(
-        socket: UdpSocket,
-        answer: &str,
-        state: &Arc<Mutex<PeerState>>,
-    ) -> Result<Link, PeerError> {
-        let local = |e: std::io::Error| PeerError::Local(e.to_string());
-        let socket = socket.into_std().map_err(local)?;
-        let (tx, rest) = mpsc::unbounded_channel();
-        let registration = hub::register(hub::Subscription {
-            socket: socket.try_clone().map_err(local)?,
-            streams: crate::counting::ssrcs_by_kind(answer),
-            state: state.clone(),
-            rest: tx,
-        })
-        .map_err(local)?;
-        Ok(Link::Hub {
-            socket,
-            rest,
-            _registration: registration,
-        })
-    }
-
-    /// Without the hub, a count-only subscriber decrypts like any other.
-    #[cfg(not(target_os = "linux"))]
-    fn counted(socket: UdpSocket, _: &str, _: &Arc<Mutex<PeerState>>) -> Result<Link, PeerError> {
-        Ok(Link::Own(socket))
-    }
-
     /// The next datagram for str0m. Never completes once the hub has let
-    /// the socket go, as for a peer whose network died.
+    /// the subscriber go, as for a peer whose network died.
     async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
         match self {
             Link::Own(socket) => socket.recv_from(buf).await,
@@ -553,8 +581,8 @@ impl Link {
                 let _ = socket.send_to(contents, destination).await;
             }
             #[cfg(target_os = "linux")]
-            Link::Hub { socket, .. } => {
-                let _ = socket.send_to(contents, destination);
+            Link::Hub { endpoint, .. } => {
+                let _ = endpoint.send_to(contents, destination);
             }
         }
     }

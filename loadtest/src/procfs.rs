@@ -1,6 +1,9 @@
-//! The server's CPU time and memory, read from `/proc`.
+//! What `/proc` tells about the server and the tester itself: CPU time,
+//! memory and UDP sockets.
 
 use std::time::Instant;
+
+use crate::report::ProcessUse;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -34,6 +37,14 @@ pub fn cpu_pct(start: CpuSample, end: CpuSample) -> f64 {
     (end.ticks.saturating_sub(start.ticks)) as f64 / TICKS_PER_SECOND / seconds * 100.0
 }
 
+/// What `pid` used since `start`: CPU, and memory now.
+pub fn usage(pid: u32, start: CpuSample) -> Option<ProcessUse> {
+    Some(ProcessUse {
+        cpu_pct: cpu_pct(start, cpu(pid)?),
+        rss_mb: rss_mb(pid)?,
+    })
+}
+
 /// Resident memory of `pid`, MiB.
 pub fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -46,6 +57,33 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+/// How many UDP sockets `pid` has open (in its network namespace).
+pub fn udp_sockets(pid: u32) -> Option<usize> {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["udp", "udp6"] {
+        // A kernel without IPv6 has no udp6 table.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        // After the heading, the inode is the tenth column.
+        inodes.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9).map(str::to_owned)),
+        );
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|link| {
+                link.to_str()
+                    .and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']'))
+                    .is_some_and(|inode| inodes.contains(inode))
+            })
+            .count(),
+    )
 }
 
 /// The pid of the one process named `sluice` on this machine, if exactly one.
@@ -78,5 +116,13 @@ mod tests {
         assert!(cpu_pct(a, b) >= 0.0);
         assert!(rss_mb(me).unwrap() > 1.0);
         assert!(cpu(u32::MAX).is_none());
+        let before = udp_sockets(me).unwrap();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Other tests of this binary may open sockets meanwhile, so only
+        // a lower bound holds.
+        assert!(udp_sockets(me).unwrap() >= before + 2);
+        drop((a, b, tcp));
     }
 }
