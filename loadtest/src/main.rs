@@ -10,6 +10,7 @@
 
 mod capacity;
 mod delay;
+mod meeting;
 mod procfs;
 mod report;
 
@@ -24,7 +25,7 @@ use sluice_testkit::peer::PeerState;
 use sluice_testkit::{Peer, PeerOptions};
 
 /// Synthetic WHIP publishers and WHEP subscribers against a running Sluice.
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(version, about)]
 struct Args {
     /// Server base URL.
@@ -54,9 +55,10 @@ struct Args {
     /// 150/600/2000 kbit/s); viewers get the highest active one.
     #[arg(long)]
     simulcast: bool,
-    /// A meeting: every publisher of a room also watches every other one
-    /// (one WHEP session per participant, `?participant=`, on --layer);
-    /// --subscribers is ignored.
+    /// A meeting: every publisher of a room is a participant that, like
+    /// the conference page, opens the conference WebSocket and watches
+    /// every other participant it announces (one WHEP session each,
+    /// `?participant=`, on --layer); --subscribers is ignored.
     #[arg(long, conflicts_with = "find_capacity")]
     meeting: bool,
     /// Publishers and subscribers offer audio only (Opus-sized packets,
@@ -230,7 +232,8 @@ async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>
     }
 }
 
-/// Start every peer (publishers of a room before its subscribers).
+/// Start every peer of a broadcast (publishers of a room before its
+/// subscribers).
 async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
     let (mut publishers, mut subscribers) = (Vec::new(), Vec::new());
     let pause = args
@@ -238,25 +241,11 @@ async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
         .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     for r in 0..args.rooms {
         let mut roles: Vec<Role> = (0..args.publishers).map(Role::Publish).collect();
-        let follows: Vec<Option<usize>> = if args.meeting {
-            (0..args.publishers)
-                .flat_map(|w| (0..args.publishers).filter(move |&k| k != w))
-                .map(Some)
-                .collect()
-        } else {
-            vec![None; args.subscribers]
-        };
-        let count = follows.len();
-        roles.extend(
-            follows
-                .into_iter()
-                .enumerate()
-                .map(|(n, follow)| Role::Subscribe {
-                    n,
-                    follow,
-                    probe: is_probe(n, count, args.probes),
-                }),
-        );
+        roles.extend((0..args.subscribers).map(|n| Role::Subscribe {
+            n,
+            follow: None,
+            probe: is_probe(n, args.subscribers, args.probes),
+        }));
         for role in roles {
             if let Some(peer) = start_peer(args, r, role).await? {
                 match role {
@@ -299,7 +288,14 @@ fn join_spread(peers: &[Peer], until: impl Fn(&PeerState) -> Option<Instant>) ->
 async fn run(args: Args) -> Result<bool, String> {
     let asked_publishers = args.rooms * args.publishers;
     let asked_subscribers = args.rooms * args.subscribers_per_room();
-    let (publishers, subscribers) = start_peers(&args).await?;
+    // A meeting's WebSockets stay open until the end of the run.
+    let (publishers, subscribers, _sockets) = if args.meeting {
+        let (publishers, tiles, sockets) = meeting::start(&args).await?;
+        (publishers, tiles, Some(sockets))
+    } else {
+        let (publishers, subscribers) = start_peers(&args).await?;
+        (publishers, subscribers, None)
+    };
     let everyone = || publishers.iter().chain(&subscribers);
     let deadline = Instant::now() + Duration::from_secs(10);
     for peer in everyone() {

@@ -3,6 +3,7 @@
 //! UDP sockets on loopback, recording what it sent and received.
 
 pub mod clip;
+pub mod conference;
 pub mod counting;
 #[cfg(target_os = "linux")]
 pub mod endpoint;
@@ -12,6 +13,7 @@ pub mod media;
 pub mod peer;
 pub mod relay;
 
+pub use conference::{ConferenceMessage, ConferenceSocket};
 pub use media::{SyntheticMedia, VP8_DESCRIPTOR_LEN, VideoCodec};
 pub use peer::{Kind, Packet, Peer, PeerError, PeerOptions};
 pub use relay::{Loss, LossyRelay};
