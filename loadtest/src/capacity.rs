@@ -72,15 +72,18 @@ pub async fn find(args: &Args) -> Result<Capacity, String> {
     while subscribers.len() < args.max_subscribers {
         let start = subscribers.len();
         let target = (start + args.step).min(args.max_subscribers);
-        // Each step brings its own probes, spread over the step's new
-        // subscribers of each room and ending with its last one.
-        let per_room = (target - start).div_ceil(args.rooms);
+        // Subscriber n joins room n % rooms. Each step brings its own
+        // probes, spread over the step's new subscribers of each room and
+        // ending with the last of them.
+        let same_room = |n: usize, m: &usize| m % args.rooms == n % args.rooms;
         while subscribers.len() < target {
             let n = subscribers.len();
+            let index = (start..n).filter(|m| same_room(n, m)).count();
+            let count = (start..target).filter(|m| same_room(n, m)).count();
             let role = Role::Subscribe {
                 n: n / args.rooms,
                 follow: None,
-                probe: is_probe((n - start) / args.rooms, per_room, args.probes),
+                probe: is_probe(index, count, args.probes),
             };
             subscribers.extend(start_peer(args, n % args.rooms, role).await?);
             if subscribers.len() == n {

@@ -143,6 +143,13 @@ impl Args {
         }
     }
 
+    /// Wait between two peers (`--ramp`), if asked to.
+    async fn ramp_pause(&self) {
+        if let Some(rate) = self.ramp {
+            tokio::time::sleep(Duration::from_secs_f64(1.0 / rate.max(0.001))).await;
+        }
+    }
+
     /// The token for one peer, if the server needs one.
     fn token(&self, room: &str, identity: String) -> Result<Option<String>, String> {
         if let Some(t) = &self.token {
@@ -236,9 +243,6 @@ async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>
 /// subscribers).
 async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
     let (mut publishers, mut subscribers) = (Vec::new(), Vec::new());
-    let pause = args
-        .ramp
-        .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     for r in 0..args.rooms {
         let mut roles: Vec<Role> = (0..args.publishers).map(Role::Publish).collect();
         roles.extend((0..args.subscribers).map(|n| Role::Subscribe {
@@ -253,19 +257,18 @@ async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
                     Role::Subscribe { .. } => subscribers.push(peer),
                 }
             }
-            if let Some(pause) = pause {
-                tokio::time::sleep(pause).await;
-            }
+            args.ramp_pause().await;
         }
     }
     Ok((publishers, subscribers))
 }
 
-fn received_bytes(peers: &[Peer]) -> u64 {
+/// Payload bytes each peer received so far.
+fn received_bytes(peers: &[Peer]) -> Vec<u64> {
     peers
         .iter()
         .map(|p| p.with_state(|s| s.rx.iter().map(|r| r.bytes).sum::<u64>()))
-        .sum()
+        .collect()
 }
 
 fn join_spread(peers: &[Peer], until: impl Fn(&PeerState) -> Option<Instant>) -> Percentiles {
@@ -331,7 +334,12 @@ async fn run(args: Args) -> Result<bool, String> {
         (Some(a), Some(b)) => delay::percentiles(&a, &b),
         _ => None,
     };
-    let bytes = received_bytes(&subscribers) - bytes_start;
+    // Each subscriber's bitrate in the window, kbit/s.
+    let kbps: Vec<f64> = received_bytes(&subscribers)
+        .iter()
+        .zip(&bytes_start)
+        .map(|(end, start)| (end - start) as f64 * 8.0 / 1000.0 / window)
+        .collect();
     let server = pid.and_then(|pid| procfs::usage(pid, cpu_start?));
     let tester = my_cpu_start.and_then(|start| procfs::usage(me, start));
     let tester_udp_sockets = procfs::udp_sockets(me);
@@ -363,11 +371,12 @@ async fn run(args: Args) -> Result<bool, String> {
         latency_ms: Spread::of(&mut latencies),
         join_ms: join_spread(&subscribers, |s| s.first_packet_at),
         join_keyframe_ms: join_spread(&subscribers, |s| s.first_keyframe_at),
-        recv_kbps_per_subscriber: if subscribers.is_empty() {
+        recv_kbps_per_subscriber: if kbps.is_empty() {
             0.0
         } else {
-            bytes as f64 * 8.0 / 1000.0 / window / subscribers.len() as f64
+            kbps.iter().sum::<f64>() / kbps.len() as f64
         },
+        recv_kbps_min: kbps.iter().copied().reduce(f64::min).unwrap_or(0.0),
         server,
         tester,
         tester_udp_sockets,
@@ -426,7 +435,10 @@ fn print_summary(r: &Report) {
         "                 first keyframe p50 {:.0} ms, p99 {:.0} ms",
         r.join_keyframe_ms.p50, r.join_keyframe_ms.p99
     );
-    println!("per subscriber   {:.0} kbit/s", r.recv_kbps_per_subscriber);
+    println!(
+        "per subscriber   {:.0} kbit/s (the lowest {:.0} kbit/s)",
+        r.recv_kbps_per_subscriber, r.recv_kbps_min
+    );
     let l = r.probe_layers;
     println!(
         "layers (probes)  q {}, h {}, f {}, without simulcast {} video packets",

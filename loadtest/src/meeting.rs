@@ -2,8 +2,9 @@
 //! publishes over WHIP under its participant name, opens the conference
 //! WebSocket, names its WHIP session there, and watches every other
 //! participant the WebSocket announces (one WHEP session each,
-//! `?participant=`), dropping those that leave. Participants the tester
-//! did not start (a browser joining the room) are not watched.
+//! `?participant=`), dropping those that leave, until the measurement
+//! starts. Participants the tester did not start (a browser joining the
+//! room) are not watched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,22 +42,23 @@ impl Drop for Sockets {
 }
 
 /// Start every participant of every room (at `--ramp` per second) and
-/// wait until each watches all the others the server announced. Returns
+/// wait until each watches all the others the server announced. Like a
+/// conference page's, a participant's tiles start as soon as the
+/// WebSocket announces the others, not at the ramp's pace. Once the run
+/// takes the tiles, announcements change nothing any more. Returns
 /// the publishers, the tiles (every participant's WHEP sessions) and the
 /// WebSockets, which stay open while the caller measures.
 pub async fn start(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>, Sockets), String> {
     let shared = Arc::new(args.clone());
-    let pause = args
-        .ramp
-        .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     let mut publishers = Vec::new();
     let mut all_tiles = Vec::new();
-    let mut tasks = Vec::new();
+    // Aborts the tasks started so far if this returns early.
+    let mut sockets = Sockets { tasks: Vec::new() };
     for room in 0..args.rooms {
         for w in 0..args.publishers {
             if let Some((publisher, socket)) = join(args, room, w).await? {
                 let tiles = Arc::new(Mutex::new(Tiles::default()));
-                tasks.push(tokio::spawn(follow(
+                sockets.tasks.push(tokio::spawn(follow(
                     shared.clone(),
                     room,
                     w,
@@ -66,9 +68,7 @@ pub async fn start(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>, Sockets), Strin
                 publishers.push(publisher);
                 all_tiles.push(tiles);
             }
-            if let Some(pause) = pause {
-                tokio::time::sleep(pause).await;
-            }
+            args.ramp_pause().await;
         }
     }
     let others = args.publishers.saturating_sub(1);
@@ -88,7 +88,7 @@ pub async fn start(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>, Sockets), Strin
             std::mem::take(&mut t.by_name).into_values()
         })
         .collect();
-    Ok((publishers, tiles, Sockets { tasks }))
+    Ok((publishers, tiles, sockets))
 }
 
 /// Participant `w` of room `room` publishes, opens its WebSocket and names
@@ -161,8 +161,14 @@ async fn follow(
             let Some(k) = participant_index(&args, room, name) else {
                 continue; // not one of ours
             };
-            if tiles.lock().unwrap().by_name.contains_key(name) {
-                continue;
+            {
+                let t = tiles.lock().unwrap();
+                if t.taken {
+                    break;
+                }
+                if t.by_name.contains_key(name) {
+                    continue;
+                }
             }
             // Tiles are numbered as if every participant watched every
             // other in order, so probes land where --probes puts them.

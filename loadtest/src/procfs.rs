@@ -41,7 +41,7 @@ pub fn cpu_pct(start: CpuSample, end: CpuSample) -> f64 {
 pub fn usage(pid: u32, start: CpuSample) -> Option<ProcessUse> {
     Some(ProcessUse {
         cpu_pct: cpu_pct(start, cpu(pid)?),
-        rss_mb: rss_mb(pid)?,
+        rss_mb: rss_mb(pid).unwrap_or(0.0),
     })
 }
 

@@ -72,6 +72,8 @@ pub struct Report {
     pub join_keyframe_ms: Percentiles,
     /// Mean payload bitrate each subscriber received in the window, kbit/s.
     pub recv_kbps_per_subscriber: f64,
+    /// The lowest bitrate one subscriber received in the window, kbit/s.
+    pub recv_kbps_min: f64,
     /// The server's CPU and memory, when its pid is known.
     pub server: Option<ProcessUse>,
     /// The tester's own CPU and memory (this process).

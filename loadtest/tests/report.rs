@@ -221,9 +221,21 @@ const IN_NAMESPACE: &str = "SLUICE_LOADTEST_IN_NETNS";
 async fn count_only_subscribers_share_one_socket() {
     const NAME: &str = "count_only_subscribers_share_one_socket";
     if std::env::var_os(IN_NAMESPACE).is_none() {
-        let run = tokio::task::spawn_blocking(|| {
+        // As root a network namespace is enough; anyone else needs a user
+        // namespace too, in which they are root.
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        });
+        let flags: &[&str] = if root {
+            &["--net"]
+        } else {
+            &["--user", "--map-root-user", "--net"]
+        };
+        let run = tokio::task::spawn_blocking(move || {
             Command::new("unshare")
-                .args(["--net", "--"])
+                .args(flags)
+                .arg("--")
                 .arg(std::env::current_exe().unwrap())
                 .args(["--exact", NAME, "--nocapture"])
                 .env(IN_NAMESPACE, "1")
@@ -277,7 +289,7 @@ async fn count_only_subscribers_share_one_socket() {
     // Every subscriber gets the whole stream (about 216 kbit/s of video
     // and 50 audio packets a second), so none was mistaken for another.
     assert!(
-        report["recv_kbps_per_subscriber"].as_f64().unwrap() > 150.0,
+        report["recv_kbps_min"].as_f64().unwrap() > 150.0,
         "{report}"
     );
     assert!(

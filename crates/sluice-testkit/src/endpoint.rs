@@ -15,7 +15,7 @@
 //! subscriber, and the hub reads one socket.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -110,9 +110,11 @@ static SHARED: OnceLock<Shared> = OnceLock::new();
 /// bound to the wildcard address, which anywhere else would listen on the
 /// machine's real networks too.
 pub fn share_one_socket() -> std::io::Result<()> {
-    only_loopback(&std::fs::read_to_string("/proc/self/net/dev")?)?;
+    only_loopback(&std::fs::read_to_string("/proc/self/net/dev")?, is_up)?;
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     prepare(&socket)?;
+    // Past net.core.rmem_max only with CAP_NET_ADMIN; without it the
+    // kernel caps the size, and a busy run may lose datagrams to that.
     set_int(
         &socket,
         libc::SOL_SOCKET,
@@ -120,6 +122,15 @@ pub fn share_one_socket() -> std::io::Result<()> {
         SHARED_RCVBUF,
     )
     .or_else(|_| set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, SHARED_RCVBUF))?;
+    let granted = receive_buffer(&socket)?;
+    if granted < SHARED_RCVBUF {
+        eprintln!(
+            "warning: the shared socket's receive buffer is {} KiB of the {} KiB asked for \
+             (raise net.core.rmem_max, or run as root)",
+            granted / 1024,
+            SHARED_RCVBUF / 1024
+        );
+    }
     let port = socket.local_addr()?.port();
     SHARED
         .set(Shared {
@@ -131,15 +142,23 @@ pub fn share_one_socket() -> std::io::Result<()> {
 }
 
 /// Whether a namespace whose `/proc/net/dev` table is `table` has no
-/// interface but `lo`; the error names the others.
-fn only_loopback(table: &str) -> std::io::Result<()> {
+/// interface up but `lo` (a kernel may put tunnel devices that are down
+/// into every namespace); the error names the others.
+fn only_loopback(
+    table: &str,
+    is_up: impl Fn(&str) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
     // Two heading lines, then `name: counters` per interface.
-    let others: Vec<&str> = table
+    let mut others = Vec::new();
+    for name in table
         .lines()
         .skip(2)
         .filter_map(|line| Some(line.split_once(':')?.0.trim()))
-        .filter(|name| *name != "lo")
-        .collect();
+    {
+        if name != "lo" && is_up(name)? {
+            others.push(name);
+        }
+    }
     if others.is_empty() {
         return Ok(());
     }
@@ -148,6 +167,37 @@ fn only_loopback(table: &str) -> std::io::Result<()> {
          (run under `unshare --net`, see docs/loadtest.md); this one also has {}",
         others.join(", ")
     )))
+}
+
+/// Whether this namespace's interface `name` is up.
+fn is_up(name: &str) -> std::io::Result<bool> {
+    // SAFETY: plain system call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is a plain C struct for which all-zero bytes are valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(std::io::Error::other(format!(
+            "interface name {name:?} too long"
+        )));
+    }
+    for (to, from) in request.ifr_name.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name of `request` and
+    // writes its flags, within the struct.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    Ok(flags & libc::IFF_UP as libc::c_short != 0)
 }
 
 /// Options every endpoint socket needs: non-blocking reads for the hub,
@@ -183,6 +233,27 @@ pub(crate) fn set_int(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The size of `socket`'s receive buffer (the kernel reports twice what
+/// was asked for, its bookkeeping included).
+fn receive_buffer(socket: &UdpSocket) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` outlive the call and describe a c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value / 2)
 }
 
 /// Send one datagram from source address `from` (an address of this
@@ -229,8 +300,8 @@ fn send_from(
         ipi_addr: libc::in_addr { s_addr: 0 },
     };
     // SAFETY: the control buffer has room for one cmsghdr with an
-    // in_pktinfo (CMSG_SPACE of it is 28 bytes on 64-bit Linux, 32 at
-    // most); the header, iovec and address outlive the call.
+    // in_pktinfo (CMSG_SPACE of it is 32 bytes on 64-bit Linux); the
+    // header, iovec and address outlive the call.
     let sent = unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&hdr);
         (*cmsg).cmsg_level = libc::IPPROTO_IP;
@@ -245,22 +316,22 @@ fn send_from(
     Ok(sent as usize)
 }
 
-/// The addresses of `127.1.0.0/16` not in use, handed out lowest first
-/// and taken back when their endpoint goes. Host parts ending in .0 or
-/// .255 are left out, so no address looks like a network or broadcast one.
+/// The addresses of `127.1.0.0/16` not in use. Addresses never used go
+/// first, lowest first; then those given back, oldest first, so an address
+/// stays unused as long as possible after its subscriber left (its server
+/// session may live on until its consent expires, and datagrams for it may
+/// still wait in the socket). Host parts ending in .0 or .255 are left
+/// out, so no address looks like a network or broadcast one.
 #[derive(Default)]
 struct Pool {
     /// The next address never handed out, as its 16-bit host part.
     next: u32,
-    /// Addresses given back.
-    free: Vec<Ipv4Addr>,
+    /// Addresses given back, oldest first.
+    free: std::collections::VecDeque<Ipv4Addr>,
 }
 
 impl Pool {
     fn take(&mut self) -> Option<Ipv4Addr> {
-        if let Some(ip) = self.free.pop() {
-            return Some(ip);
-        }
         while self.next <= 0xffff {
             let host = self.next;
             self.next += 1;
@@ -269,11 +340,11 @@ impl Pool {
                 return Some(Ipv4Addr::new(SHARED_BLOCK[0], SHARED_BLOCK[1], a, b));
             }
         }
-        None
+        self.free.pop_front()
     }
 
     fn give_back(&mut self, ip: Ipv4Addr) {
-        self.free.push(ip);
+        self.free.push_back(ip);
     }
 }
 
@@ -282,34 +353,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pool_hands_out_each_address_once_and_reuses_returned_ones() {
+    fn the_pool_hands_out_fresh_addresses_before_reusing_any() {
         let mut pool = Pool::default();
-        assert_eq!(pool.take(), Some(Ipv4Addr::new(127, 1, 0, 1)));
-        let mut seen = std::collections::HashSet::from([Ipv4Addr::new(127, 1, 0, 1)]);
-        while let Some(ip) = pool.take() {
-            assert!(seen.insert(ip), "{ip} handed out twice");
+        let first = pool.take().unwrap();
+        assert_eq!(first, Ipv4Addr::new(127, 1, 0, 1));
+        pool.give_back(first);
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 256 * 254 - 1 {
+            let ip = pool.take().unwrap();
+            assert!(ip != first && seen.insert(ip), "{ip} handed out twice");
             let last = ip.octets()[3];
             assert!(last != 0 && last != 255, "{ip}");
         }
-        assert_eq!(seen.len(), 256 * 254);
+        // Every address is out: now the given-back ones, oldest first.
         pool.give_back(Ipv4Addr::new(127, 1, 7, 9));
+        assert_eq!(pool.take(), Some(first));
         assert_eq!(pool.take(), Some(Ipv4Addr::new(127, 1, 7, 9)));
         assert_eq!(pool.take(), None);
     }
 
-    /// Sharing is allowed only where loopback is all there is.
+    /// Sharing is allowed only where loopback is the only interface up.
     #[test]
-    fn only_a_namespace_with_loopback_alone_may_share() {
+    fn only_a_namespace_with_loopback_alone_up_may_share() {
         let heading = "Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n";
-        let lo = "    lo:  10 1 10 1\n";
-        assert!(only_loopback(&format!("{heading}{lo}")).is_ok());
-        let refused = only_loopback(&format!("{heading}{lo}  eth0: 20 2 20 2\n  ifb0: 0 0\n"))
+        let table = format!("{heading}    lo:  10 1 10 1\n  eth0: 20 2 20 2\n  tunl0: 0 0\n");
+        let up = |names: &'static [&'static str]| move |n: &str| Ok(names.contains(&n));
+        assert!(only_loopback(&format!("{heading}    lo: 10 1\n"), up(&["lo"])).is_ok());
+        assert!(only_loopback(&table, up(&["lo"])).is_ok());
+        let refused = only_loopback(&table, up(&["lo", "eth0", "tunl0"]))
             .unwrap_err()
             .to_string();
         assert!(
-            refused.ends_with("this one also has eth0, ifb0"),
+            refused.ends_with("this one also has eth0, tunl0"),
             "{refused}"
         );
+    }
+
+    /// This machine's loopback is up (the tests use it), and a name no
+    /// interface has is an error.
+    #[test]
+    fn interface_flags_are_read() {
+        assert!(is_up("lo").unwrap());
+        assert!(is_up("no-such-if0").is_err());
     }
 
     /// An endpoint of its own sends from 127.0.0.1 with the source port

@@ -127,6 +127,9 @@ struct Entry {
 /// A socket the hub reads: one subscriber's own, or the shared one.
 struct Watched {
     socket: Arc<UdpSocket>,
+    /// Its address: a datagram's destination is this, unless
+    /// `IP_PKTINFO` names another.
+    bound: SocketAddrV4,
     /// Subscribers reached through it.
     users: usize,
 }
@@ -215,6 +218,9 @@ impl Hub {
                 if let Some(watched) = self.sockets.get_mut(&fd) {
                     watched.users += 1;
                 } else {
+                    let SocketAddr::V4(bound) = socket.local_addr()? else {
+                        return Err(std::io::Error::other("endpoints speak IPv4 only"));
+                    };
                     let mut event = libc::epoll_event {
                         events: libc::EPOLLIN as u32,
                         u64: fd as u64,
@@ -226,7 +232,14 @@ impl Hub {
                     if rc < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    self.sockets.insert(fd, Watched { socket, users: 1 });
+                    self.sockets.insert(
+                        fd,
+                        Watched {
+                            socket,
+                            bound,
+                            users: 1,
+                        },
+                    );
                 }
                 let seqs = vec![SeqExtender::default(); sub.streams.len()];
                 self.by_local.insert(local, id);
@@ -277,10 +290,7 @@ impl Hub {
         let Some(watched) = self.sockets.get(&fd) else {
             return;
         };
-        let socket = watched.socket.clone();
-        let Ok(SocketAddr::V4(bound)) = socket.local_addr() else {
-            return;
-        };
+        let (socket, bound) = (watched.socket.clone(), watched.bound);
         for _ in 0..MAX_READS {
             let mut received = [Received::default(); MSGS];
             let n = match recv_batch(&socket, &mut self.bufs, &mut received) {
