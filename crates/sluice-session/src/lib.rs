@@ -8,6 +8,7 @@
 //! [`Session::write_rtp`].
 
 pub mod demux;
+mod dtls;
 pub mod negotiate;
 pub mod session;
 pub mod trickle;

@@ -68,7 +68,7 @@ pub(crate) fn new_rtc(
         Role::Viewer => config.viewer_bwe_initial_bps.map(Bitrate::bps),
         Role::Publisher => None,
     };
-    let mut builder = Rtc::builder()
+    let mut builder = crate::dtls::shared(Rtc::builder())
         .set_ice_lite(true)
         .set_rtp_mode(true)
         // Once a second: NACK counts for the metrics.
