@@ -16,6 +16,7 @@ mod report;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -239,26 +240,41 @@ async fn start_peer(args: &Args, room: usize, role: Role) -> Result<Option<Peer>
     }
 }
 
-/// Start every peer of a broadcast (publishers of a room before its
-/// subscribers).
+/// Start every peer of a broadcast, a room's publishers before its
+/// subscribers: at `--ramp` per second, or without it a room's
+/// subscribers all at once (their offers go out together).
 async fn start_peers(args: &Args) -> Result<(Vec<Peer>, Vec<Peer>), String> {
     let (mut publishers, mut subscribers) = (Vec::new(), Vec::new());
+    let shared = Arc::new(args.clone());
     for r in 0..args.rooms {
-        let mut roles: Vec<Role> = (0..args.publishers).map(Role::Publish).collect();
-        roles.extend((0..args.subscribers).map(|n| Role::Subscribe {
+        for n in 0..args.publishers {
+            publishers.extend(start_peer(args, r, Role::Publish(n)).await?);
+            args.ramp_pause().await;
+        }
+        let role = |n| Role::Subscribe {
             n,
             follow: None,
             probe: is_probe(n, args.subscribers, args.probes),
-        }));
-        for role in roles {
-            if let Some(peer) = start_peer(args, r, role).await? {
-                match role {
-                    Role::Publish(_) => publishers.push(peer),
-                    Role::Subscribe { .. } => subscribers.push(peer),
-                }
+        };
+        if args.ramp.is_some() {
+            for n in 0..args.subscribers {
+                subscribers.extend(start_peer(args, r, role(n)).await?);
+                args.ramp_pause().await;
             }
-            args.ramp_pause().await;
+            continue;
         }
+        let mut storm = tokio::task::JoinSet::new();
+        for n in 0..args.subscribers {
+            let (args, role) = (shared.clone(), role(n));
+            storm.spawn(async move { (n, start_peer(&args, r, role).await) });
+        }
+        let mut joined = Vec::new();
+        while let Some(done) = storm.join_next().await {
+            let (n, peer) = done.map_err(|e| e.to_string())?;
+            joined.extend(peer?.map(|p| (n, p)));
+        }
+        joined.sort_by_key(|(n, _)| *n);
+        subscribers.extend(joined.into_iter().map(|(_, p)| p));
     }
     Ok((publishers, subscribers))
 }

@@ -19,35 +19,49 @@ use str0m::crypto::dtls::{
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
 
-/// `builder` with the process's shared crypto provider and certificate.
-pub(crate) fn shared(builder: RtcConfig) -> RtcConfig {
-    let shared = Shared::get();
-    builder
-        .set_crypto_provider(shared.provider.clone())
-        .set_dtls_cert(shared.cert.clone())
-}
-
-/// What every session shares.
-struct Shared {
+/// A DTLS certificate and configuration that many `Rtc`s share.
+pub struct DtlsSetup {
     provider: Arc<CryptoProvider>,
     cert: DtlsCert,
 }
 
-impl Shared {
-    fn get() -> &'static Shared {
-        static SHARED: OnceLock<Shared> = OnceLock::new();
-        static DTLS: SharedConfigs = SharedConfigs {
+impl DtlsSetup {
+    /// A new certificate and DTLS provider. str0m wants its DTLS provider
+    /// to live for the whole process, so each set-up keeps its provider
+    /// (a few bytes) until the process ends: make one per kind of peer,
+    /// not one per session.
+    pub fn new() -> DtlsSetup {
+        let dtls: &'static SharedConfigs = Box::leak(Box::new(SharedConfigs {
             configs: Mutex::new(Vec::new()),
-        };
-        SHARED.get_or_init(|| Shared {
+        }));
+        DtlsSetup {
             provider: Arc::new(CryptoProvider {
-                dtls_provider: &DTLS,
+                dtls_provider: dtls,
                 ..str0m_aws_lc_rs::default_provider()
             }),
-            cert: DTLS
+            cert: dtls
                 .generate_certificate()
-                .expect("generate the server's DTLS certificate"),
-        })
+                .expect("generate a DTLS certificate"),
+        }
+    }
+
+    /// The set-up every server session of this process shares.
+    pub fn server() -> &'static DtlsSetup {
+        static SERVER: OnceLock<DtlsSetup> = OnceLock::new();
+        SERVER.get_or_init(DtlsSetup::new)
+    }
+
+    /// `builder` with this set-up's crypto provider and certificate.
+    pub fn apply(&self, builder: RtcConfig) -> RtcConfig {
+        builder
+            .set_crypto_provider(self.provider.clone())
+            .set_dtls_cert(self.cert.clone())
+    }
+}
+
+impl Default for DtlsSetup {
+    fn default() -> Self {
+        DtlsSetup::new()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod negotiate;
 pub mod session;
 pub mod trickle;
 
+pub use dtls::DtlsSetup;
 pub use negotiate::{NegotiateError, Role, SessionConfig};
 pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
 pub use str0m::format::PayloadParams;

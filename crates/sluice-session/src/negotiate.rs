@@ -68,7 +68,8 @@ pub(crate) fn new_rtc(
         Role::Viewer => config.viewer_bwe_initial_bps.map(Bitrate::bps),
         Role::Publisher => None,
     };
-    let mut builder = crate::dtls::shared(Rtc::builder())
+    let mut builder = crate::DtlsSetup::server()
+        .apply(Rtc::builder())
         .set_ice_lite(true)
         .set_rtp_mode(true)
         // Once a second: NACK counts for the metrics.

@@ -2,10 +2,11 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use sluice_session::DtlsSetup;
 pub use str0m::IceConnectionState;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -231,7 +232,13 @@ impl Peer {
             .local()
             .map_err(|e| PeerError::Local(e.to_string()))?;
         let now = Instant::now();
-        let builder = Rtc::builder()
+        // Test peers share one certificate of their own, as the server's
+        // sessions share the server's: a DTLS set-up per peer would cost
+        // the tester about a millisecond and a half of CPU each.
+        static PEERS: OnceLock<DtlsSetup> = OnceLock::new();
+        let builder = PEERS
+            .get_or_init(DtlsSetup::new)
+            .apply(Rtc::builder())
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false);
