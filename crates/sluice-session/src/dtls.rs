@@ -3,15 +3,16 @@
 //! Left to itself, every new str0m [`Rtc`](str0m::Rtc) generates a
 //! certificate of its own and builds a DTLS configuration, and building
 //! that configuration re-validates the crypto library with real key
-//! exchanges (X25519, P-256 and P-384): about a millisecond of CPU per
-//! session, more than all the rest of setting one up. The server instead
-//! makes one certificate and one DTLS configuration per MTU, validated
-//! once, and gives them to every session, as mediasoup does with one
-//! certificate per worker. Every session still runs its own handshake
-//! with fresh ephemeral keys.
+//! exchanges (X25519, P-256 and P-384): 1.3 to 1.9 ms of CPU per session
+//! on this project's machines, more than all the rest of setting one up
+//! (`cargo bench -p sluice-session --bench accept`). The server instead
+//! makes one DTLS configuration per MTU, validated once, and one
+//! certificate (renewed monthly) for all its sessions, as mediasoup does
+//! with one certificate per worker. Every session still runs its own
+//! handshake with fresh ephemeral keys.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::RtcConfig;
 use str0m::crypto::dtls::{
@@ -19,42 +20,48 @@ use str0m::crypto::dtls::{
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
 
-/// A DTLS certificate and configuration that many `Rtc`s share.
+/// How long the server gives new sessions one certificate before it makes
+/// the next. dimpl's certificates are valid for 365 days from their
+/// making; a session keeps the certificate it started with.
+const CERTIFICATE_TURN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A DTLS certificate that many `Rtc`s share, and the process's DTLS
+/// configurations.
 pub struct DtlsSetup {
-    provider: Arc<CryptoProvider>,
     cert: DtlsCert,
+    made: Instant,
 }
 
 impl DtlsSetup {
-    /// A new certificate and DTLS provider. str0m wants its DTLS provider
-    /// to live for the whole process, so each set-up keeps its provider
-    /// (a few bytes) until the process ends: make one per kind of peer,
-    /// not one per session.
+    /// A set-up with a new certificate.
     pub fn new() -> DtlsSetup {
-        let dtls: &'static SharedConfigs = Box::leak(Box::new(SharedConfigs {
-            configs: Mutex::new(Vec::new()),
-        }));
+        DtlsSetup::made_at(Instant::now())
+    }
+
+    fn made_at(made: Instant) -> DtlsSetup {
         DtlsSetup {
-            provider: Arc::new(CryptoProvider {
-                dtls_provider: dtls,
-                ..str0m_aws_lc_rs::default_provider()
-            }),
-            cert: dtls
+            cert: CONFIGS
                 .generate_certificate()
                 .expect("generate a DTLS certificate"),
+            made,
         }
     }
 
-    /// The set-up every server session of this process shares.
-    pub fn server() -> &'static DtlsSetup {
-        static SERVER: OnceLock<DtlsSetup> = OnceLock::new();
-        SERVER.get_or_init(DtlsSetup::new)
+    /// The set-up for a new server session: the same for every session,
+    /// with a new certificate every 30 days.
+    pub fn server() -> Arc<DtlsSetup> {
+        static SERVER: Mutex<Renewing> = Mutex::new(Renewing { current: None });
+        SERVER
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(Instant::now())
     }
 
-    /// `builder` with this set-up's crypto provider and certificate.
+    /// `builder` with this set-up's certificate and the shared DTLS
+    /// configurations.
     pub fn apply(&self, builder: RtcConfig) -> RtcConfig {
         builder
-            .set_crypto_provider(self.provider.clone())
+            .set_crypto_provider(provider())
             .set_dtls_cert(self.cert.clone())
     }
 }
@@ -63,6 +70,44 @@ impl Default for DtlsSetup {
     fn default() -> Self {
         DtlsSetup::new()
     }
+}
+
+/// The server's set-up, renewed every [`CERTIFICATE_TURN`].
+struct Renewing {
+    current: Option<Arc<DtlsSetup>>,
+}
+
+impl Renewing {
+    fn get(&mut self, now: Instant) -> Arc<DtlsSetup> {
+        match &self.current {
+            Some(setup) if now.saturating_duration_since(setup.made) < CERTIFICATE_TURN => {
+                setup.clone()
+            }
+            _ => self
+                .current
+                .insert(Arc::new(DtlsSetup::made_at(now)))
+                .clone(),
+        }
+    }
+}
+
+/// The DTLS configurations of the process, one per MTU.
+static CONFIGS: SharedConfigs = SharedConfigs {
+    configs: Mutex::new(Vec::new()),
+};
+
+/// aws-lc's crypto provider (what str0m picks itself), with DTLS built
+/// from [`CONFIGS`].
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            Arc::new(CryptoProvider {
+                dtls_provider: &CONFIGS,
+                ..str0m_aws_lc_rs::default_provider()
+            })
+        })
+        .clone()
 }
 
 /// A DTLS provider that builds every instance from one configuration per
@@ -167,5 +212,25 @@ impl DtlsInstance for Instance {
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
         self.0.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server's certificate stays for 30 days, then a new one comes.
+    #[test]
+    fn the_server_certificate_is_renewed_monthly() {
+        let t0 = Instant::now();
+        let mut server = Renewing { current: None };
+        let first = server.get(t0);
+        assert!(Arc::ptr_eq(
+            &first,
+            &server.get(t0 + Duration::from_secs(3600))
+        ));
+        let later = server.get(t0 + CERTIFICATE_TURN);
+        assert!(!Arc::ptr_eq(&first, &later));
+        assert_ne!(first.cert.certificate, later.cert.certificate);
     }
 }

@@ -2,27 +2,8 @@
 
 mod common;
 
-use std::time::Instant;
-
-use sluice_session::{Role, Session};
-use str0m::media::Direction;
-
-fn answer(role: Role, estimation: Option<u64>) -> String {
-    let config = common::config(estimation);
-    let direction = match role {
-        Role::Publisher => Direction::SendOnly,
-        Role::Viewer => Direction::RecvOnly,
-    };
-    Session::accept(
-        role,
-        &common::offer(direction),
-        &config,
-        &[],
-        Instant::now(),
-    )
-    .unwrap()
-    .1
-}
+use common::answer;
+use sluice_session::Role;
 
 const TWCC: &str = "transport-wide-cc";
 const ABS_SEND_TIME: &str = "abs-send-time";

@@ -392,9 +392,7 @@ impl Peer {
             Some(name) => serde_json::json!({ "encodingId": name }),
             None => serde_json::json!({}),
         };
-        let mut request = reqwest::Client::new()
-            .post(format!("{}/layer", self.resource))
-            .json(&body);
+        let mut request = http().post(format!("{}/layer", self.resource)).json(&body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -425,7 +423,7 @@ impl Peer {
 
     /// End the session with an HTTP DELETE, then stop. Returns the status.
     pub async fn delete(self) -> Result<u16, PeerError> {
-        let mut request = reqwest::Client::new().delete(&self.resource);
+        let mut request = http().delete(&self.resource);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -440,13 +438,25 @@ impl Peer {
     }
 }
 
+/// How long a request to the server may take before the peer gives up.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP client for one request. Not shared: a pooled connection
+/// belongs to the runtime that opened it, and tests run a runtime each.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .unwrap_or_default()
+}
+
 /// POST an SDP offer; returns the answer and the `Location` header.
 pub async fn post_offer(
     url: &str,
     offer: &str,
     token: Option<&str>,
 ) -> Result<(String, String), PeerError> {
-    let mut request = reqwest::Client::new()
+    let mut request = http()
         .post(url)
         .header("content-type", "application/sdp")
         .body(offer.to_owned());
@@ -930,7 +940,7 @@ impl Driver {
             "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
             creds.ufrag, creds.pass
         );
-        let response = reqwest::Client::new()
+        let response = http()
             .patch(&self.http.resource)
             .header("content-type", "application/trickle-ice-sdpfrag")
             .header("if-match", "*")

@@ -1,9 +1,12 @@
 //! What the session tests and the set-up benchmark share: a browser-like
-//! offer and a session configuration.
+//! offer, a session configuration and the server's answer.
+
+// Each test binary and the benchmark use a part of this.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
-use sluice_session::SessionConfig;
+use sluice_session::{Role, Session, SessionConfig};
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, Rtc};
 
@@ -25,4 +28,16 @@ pub fn config(estimation: Option<u64>) -> SessionConfig {
         consent_timeout: Duration::from_secs(30),
         viewer_bwe_initial_bps: estimation,
     }
+}
+
+/// The server's answer to a browser-like offer that `role` would make.
+pub fn answer(role: Role, estimation: Option<u64>) -> String {
+    let direction = match role {
+        Role::Publisher => Direction::SendOnly,
+        Role::Viewer => Direction::RecvOnly,
+    };
+    let config = config(estimation);
+    Session::accept(role, &offer(direction), &config, &[], Instant::now())
+        .unwrap()
+        .1
 }
