@@ -499,8 +499,8 @@ fn share_one_socket() -> std::io::Result<()> {
 async fn run_capacity(args: Args) -> Result<bool, String> {
     let found = capacity::find(&args).await?;
     println!(
-        "capacity: {} subscribers (last step within the limits)",
-        found.capacity_subscribers
+        "capacity: {} subscribers (last step within the limits; server CPU limit {:.0} %)",
+        found.capacity_subscribers, found.cpu_limit_pct
     );
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?;

@@ -59,6 +59,32 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// How many cores `pid` may run on (its CPU affinity, as `taskset` sets it).
+pub fn cores_allowed(pid: u32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    count_cpus(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?,
+    )
+}
+
+/// The number of CPUs in a list such as `0-3,6`.
+fn count_cpus(list: &str) -> Option<usize> {
+    let mut count = 0;
+    for part in list.trim().split(',') {
+        count += match part.split_once('-') {
+            Some((a, b)) => b
+                .parse::<usize>()
+                .ok()?
+                .checked_sub(a.parse().ok()?)?
+                .checked_add(1)?,
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    Some(count)
+}
+
 /// How many UDP sockets `pid` has open (in its network namespace).
 pub fn udp_sockets(pid: u32) -> Option<usize> {
     let mut inodes = std::collections::HashSet::new();
@@ -102,6 +128,16 @@ pub fn find_sluice() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpus("0"), Some(1));
+        assert_eq!(count_cpus("0-1"), Some(2));
+        assert_eq!(count_cpus(" 0-3,6,8-9\n"), Some(7));
+        assert_eq!(count_cpus("3-1"), None);
+        assert_eq!(count_cpus("a"), None);
+        assert!(cores_allowed(std::process::id()).unwrap() >= 1);
+    }
 
     #[test]
     fn reads_its_own_process() {

@@ -160,6 +160,22 @@ async fn the_capacity_search_steps_up_to_its_bound() {
         "{report}"
     );
     assert_eq!(report["capacity_subscribers"], 4);
+    // The server (this test process) may use as many cores as it has.
+    let cores = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| {
+            list.trim()
+                .split(',')
+                .map(|part| match part.split_once('-') {
+                    Some((a, b)) => b.parse::<f64>().unwrap() - a.parse::<f64>().unwrap() + 1.0,
+                    None => 1.0,
+                })
+                .sum::<f64>()
+        })
+        .unwrap();
+    assert_eq!(report["cpu_limit_pct"], 95.0 * cores, "{report}");
 
     stop_server(stop, server).await;
 }
