@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The benchmark record's runs (docs/benchmarks.md), each in a network
+# namespace of its own: the server on core 0, the tester on core 1, count-
+# only subscribers on one shared socket. Needs root (or user namespaces),
+# util-linux's unshare and iproute2's ip.
+#
+#   bash loadtest/bench.sh [a|b|c|d|capacity ...]   (default: a b c d)
+#
+#   a         one simulcast publisher, 700 viewers on one core
+#   b         a 10x10 meeting on the low layer
+#   c         ten audio rooms, 1,000 listeners
+#   d         a join storm of 50 subscribers at once
+#   capacity  the capacity search, one simulcast publisher, steps of 150
+#
+# DURATION=20s changes the measurement window. Each run prints the
+# tester's summary; JSON reports go to target/bench/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${SLUICE_BENCH_IN_NETNS:-}" != 1 ]; then
+    cargo build --release --locked -p sluice -p sluice-loadtest
+    flags=(--net)
+    [ "$(id -u)" = 0 ] || flags=(--user --map-root-user --net)
+    exec env SLUICE_BENCH_IN_NETNS=1 unshare "${flags[@]}" -- bash "$0" "$@"
+fi
+
+ip link set lo up
+mkdir -p target/bench
+config=target/bench/bench.toml
+cat > "$config" <<'EOF'
+[limits]
+posts_per_second_per_address = 1000.0
+max_sessions_per_address = 10000
+max_sessions_per_room = 10000
+EOF
+duration=${DURATION:-20s}
+http=127.0.0.1:18100
+
+# Run the tester with "$@" against a fresh server pinned to core 0.
+run() {
+    local name=$1
+    shift
+    taskset -c 0 target/release/sluice serve --config "$config" --http "$http" \
+        --udp 127.0.0.1:0 > "target/bench/$name-server.log" 2>&1 &
+    local server=$!
+    for _ in $(seq 50); do
+        curl -sf "http://$http/healthz" > /dev/null 2>&1 && break
+        sleep 0.1
+    done
+    echo "== $name"
+    taskset -c 1 target/release/sluice-loadtest --url "http://$http" --server-pid "$server" \
+        --shared-socket --json "target/bench/$name.json" "$@" || true
+    kill "$server"
+    wait "$server" || true
+}
+
+for scenario in "${@:-a b c d}"; do
+    for s in $scenario; do
+        case $s in
+            a) run a --room cap --publishers 1 --subscribers 700 --simulcast --ramp 100 \
+                   --duration "$duration" ;;
+            b) run b --room meet --meeting --publishers 10 --simulcast --layer q --probes 10 \
+                   --ramp 50 --duration "$duration" ;;
+            c) run c --room radio --rooms 10 --publishers 1 --subscribers 100 --audio-only \
+                   --ramp 100 --duration "$duration" ;;
+            d) run d --room storm --publishers 1 --subscribers 50 --probes 50 --duration 5s ;;
+            capacity) run capacity --room cap --publishers 1 --simulcast --find-capacity \
+                   --step 150 --max-subscribers 1500 --duration 5s ;;
+            *) echo "unknown scenario $s (a, b, c, d or capacity)" >&2; exit 2 ;;
+        esac
+    done
+done
