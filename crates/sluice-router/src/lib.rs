@@ -7,12 +7,14 @@
 
 pub mod codec;
 pub mod forwarder;
+pub mod id_map;
 pub mod keyframe;
 pub mod layer;
 pub mod router;
 
 pub use codec::Codec;
 pub use forwarder::{Forwarder, Rewritten, SourceKey};
+pub use id_map::IdMap;
 pub use keyframe::KeyframeThrottle;
 pub use layer::{LayerChoice, LayerInfo};
 pub use router::{

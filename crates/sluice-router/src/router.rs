@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::forwarder::{Forwarder, Rewritten, SourceKey, Vp8Ids};
+use crate::id_map::IdMap;
 use crate::keyframe::KeyframeThrottle;
 use crate::layer::{LayerChoice, LayerInfo, Layers};
 
@@ -176,7 +177,7 @@ enum Location {
 pub struct Router {
     config: RouterConfig,
     rooms: HashMap<Arc<str>, Room>,
-    publications: HashMap<PublicationId, Publication>,
+    publications: IdMap<PublicationId, Publication>,
     subscriptions: HashMap<(SessionId, TrackId), (Arc<str>, Location)>,
     next_publication: u64,
     events: VecDeque<RouterEvent>,
@@ -197,7 +198,7 @@ impl Router {
         Router {
             config,
             rooms: HashMap::new(),
-            publications: HashMap::new(),
+            publications: IdMap::default(),
             subscriptions: HashMap::new(),
             next_publication: 1,
             events: VecDeque::new(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sluice_router::forwarder::Vp8Ids;
 use sluice_router::router::RouterConfig;
-use sluice_router::{Follow, Forwarder};
+use sluice_router::{Follow, Forwarder, IdMap};
 use sluice_router::{
     Forward, LayerChoice, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId,
 };
@@ -85,7 +85,7 @@ pub(crate) struct Shard {
     local: SocketAddr,
     session_config: SessionConfig,
     router: Router,
-    sessions: HashMap<SessionId, Entry>,
+    sessions: IdMap<SessionId, Entry>,
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
     by_resource: HashMap<String, SessionId>,
@@ -165,7 +165,7 @@ impl Shard {
             router: Router::new(RouterConfig {
                 keyframe_interval: config.keyframe_interval,
             }),
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_resource: HashMap::new(),

@@ -122,6 +122,9 @@ struct Track {
     rids: Vec<Option<Rid>>,
     /// Outgoing payload type for the last source codec seen.
     out_pt: Option<(PayloadParams, PayloadParams)>,
+    /// SSRC of the send stream, once looked up by mid: str0m finds a
+    /// stream by SSRC in a map, by mid only by walking all of them.
+    send_ssrc: Option<Ssrc>,
 }
 
 /// One WebRTC peer connection.
@@ -193,6 +196,7 @@ impl Session {
                 kind: media.kind(),
                 rids,
                 out_pt: None,
+                send_ssrc: None,
             });
         }
         let mids: Vec<(Mid, MediaKind)> = session.tracks.iter().map(|t| (t.mid, t.kind)).collect();
@@ -560,10 +564,6 @@ impl Session {
             }
         };
         let is_video = out.spec().codec.is_video();
-        let mut api = self.rtc.direct_api();
-        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-            return false;
-        };
         let packet = &rtp.packet;
         let ext = &packet.header.ext_vals;
         let ext_vals = ExtensionValues {
@@ -594,6 +594,18 @@ impl Session {
                 write = write.vp8_patch(patch);
             }
         }
+        let track = &mut self.tracks[track];
+        let mut api = self.rtc.direct_api();
+        if let Some(ssrc) = track.send_ssrc
+            && let Some(stream) = api.stream_tx(&ssrc)
+        {
+            stream.write_rtp(write);
+            return true;
+        }
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        track.send_ssrc = Some(stream.ssrc());
         stream.write_rtp(write);
         true
     }
