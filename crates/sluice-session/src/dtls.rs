@@ -10,15 +10,44 @@
 //! certificate (renewed monthly) for all its sessions, as mediasoup does
 //! with one certificate per worker. Every session still runs its own
 //! handshake with fresh ephemeral keys.
+//!
+//! The set-up also lets a session see the SRTP keys its handshake
+//! exported ([`capture_keys`]), which a viewer's direct egress needs
+//! (`crate::egress`).
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use str0m::RtcConfig;
+use str0m::crypto::dtls::SrtpProfile;
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
+
+use crate::srtp::{Profile, SrtpKeys};
+
+/// Where one session's DTLS instance leaves the SRTP keys it exports.
+pub(crate) type KeySlot = Arc<Mutex<Option<SrtpKeys>>>;
+
+thread_local! {
+    /// The slot DTLS instances made on this thread report to, set for the
+    /// length of one [`capture_keys`] call.
+    static CAPTURE: RefCell<Option<KeySlot>> = const { RefCell::new(None) };
+}
+
+/// Run `build` (which makes an `Rtc`) so that the DTLS instance it makes
+/// reports the SRTP keys of its handshake to the returned slot. str0m
+/// makes the instance while building and never tells which `Rtc` a
+/// provider call is for, hence the thread-local hand-over.
+pub(crate) fn capture_keys<T>(build: impl FnOnce() -> T) -> (T, KeySlot) {
+    let slot = KeySlot::default();
+    CAPTURE.with(|c| *c.borrow_mut() = Some(slot.clone()));
+    let built = build();
+    CAPTURE.with(|c| c.borrow_mut().take());
+    (built, slot)
+}
 
 /// How long the server gives new sessions one certificate before it makes
 /// the next. dimpl's certificates are valid for 365 days from their
@@ -160,12 +189,19 @@ impl DtlsProvider for SharedConfigs {
             DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert.clone(), now),
             other => return Err(CryptoError::Other(format!("unsupported {other}"))),
         };
-        Ok(Box::new(Instance(dtls)))
+        Ok(Box::new(Instance {
+            dtls,
+            keys: CAPTURE.with(|c| c.borrow().clone()),
+        }))
     }
 }
 
-/// One session's DTLS state: dimpl's, as str0m wants to see it.
-struct Instance(dimpl::Dtls);
+/// One session's DTLS state: dimpl's, as str0m wants to see it, and where
+/// to report its SRTP keys.
+struct Instance {
+    dtls: dimpl::Dtls,
+    keys: Option<KeySlot>,
+}
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,43 +211,59 @@ impl std::fmt::Debug for Instance {
 
 impl DtlsInstance for Instance {
     fn set_active(&mut self, active: bool) {
-        self.0.set_active(active);
+        self.dtls.set_active(active);
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.0.handle_packet(packet)
+        self.dtls.handle_packet(packet)
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        self.0.poll_output(buf)
+        let output = self.dtls.poll_output(buf);
+        if let (DtlsOutput::KeyingMaterial(material, profile), Some(slot)) = (&output, &self.keys) {
+            // A profile dimpl adds later is left to str0m alone.
+            let profile = match profile {
+                SrtpProfile::AES128_CM_SHA1_80 => Some(Profile::Aes128CmSha1_80),
+                SrtpProfile::AEAD_AES_128_GCM => Some(Profile::AeadAes128Gcm),
+                SrtpProfile::AEAD_AES_256_GCM => Some(Profile::AeadAes256Gcm),
+                _ => None,
+            };
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                profile.map(|profile| SrtpKeys {
+                    profile,
+                    material: material.to_vec(),
+                    client: self.dtls.is_active(),
+                });
+        }
+        output
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.0.handle_timeout(now)
+        self.dtls.handle_timeout(now)
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
-        self.0.send_application_data(data)
+        self.dtls.send_application_data(data)
     }
 
     fn is_active(&self) -> bool {
-        self.0.is_active()
+        self.dtls.is_active()
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.0.protocol_version()
+        self.dtls.protocol_version()
     }
 
     fn is_closing(&self) -> bool {
-        self.0.is_closing()
+        self.dtls.is_closing()
     }
 
     fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.dtls.is_closed()
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.0.close()
+        self.dtls.close()
     }
 }
 

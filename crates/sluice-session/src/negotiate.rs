@@ -11,6 +11,8 @@ use str0m::media::{MediaKind, Mid};
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 
+use crate::dtls::KeySlot;
+
 /// Which way media flows for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -58,12 +60,15 @@ impl fmt::Display for NegotiateError {
 impl std::error::Error for NegotiateError {}
 
 /// Build an RTP-mode, ICE-lite [`Rtc`] with the server's candidates (and
-/// a bandwidth estimator for viewers, when configured).
+/// a bandwidth estimator for viewers, when configured). A viewer without
+/// estimation also gets the slot its SRTP keys will be reported to, for
+/// the direct egress (`crate::egress`), and str0m reports the RTCP it
+/// receives (NACKs).
 pub(crate) fn new_rtc(
     config: &SessionConfig,
     role: Role,
     now: Instant,
-) -> Result<Rtc, NegotiateError> {
+) -> Result<(Rtc, Option<KeySlot>), NegotiateError> {
     let bwe = match role {
         Role::Viewer => config.viewer_bwe_initial_bps.map(Bitrate::bps),
         Role::Publisher => None,
@@ -75,16 +80,24 @@ pub(crate) fn new_rtc(
         // Once a second: NACK counts for the metrics.
         .set_stats_interval(Some(Duration::from_secs(1)))
         .enable_bwe(bwe);
-    if role == Role::Viewer && bwe.is_none() {
-        builder = builder.set_extension_map(without_estimation_extensions());
+    let direct_egress = role == Role::Viewer && bwe.is_none();
+    if direct_egress {
+        builder = builder
+            .set_extension_map(without_estimation_extensions())
+            .enable_raw_packets(true);
     }
-    let mut rtc = builder.build(now);
+    let (mut rtc, keys) = if direct_egress {
+        let (rtc, keys) = crate::dtls::capture_keys(|| builder.build(now));
+        (rtc, Some(keys))
+    } else {
+        (builder.build(now), None)
+    };
     for addr in &config.candidates {
         let candidate = Candidate::host(*addr, "udp")
             .map_err(|e| NegotiateError::MalformedSdp(format!("server candidate {addr}: {e}")))?;
         rtc.add_local_candidate(candidate);
     }
-    Ok(rtc)
+    Ok((rtc, keys))
 }
 
 /// str0m's standard header extensions without the two that only feed a

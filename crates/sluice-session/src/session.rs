@@ -2,18 +2,23 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::rtp::rtcp::{Nack, Rtcp};
+use str0m::rtp::{ExtensionValues, RawPacket, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use sluice_router::{Codec, Rewritten};
 
+use crate::dtls::KeySlot;
+use crate::egress::{self, Egress, OutPacket, Route, StreamIds};
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
+use crate::srtp::SrtpSender;
 use crate::trickle::{self, SdpFrag};
 
 /// Most simulcast layers a track may have (browsers send up to three).
@@ -143,6 +148,17 @@ pub struct Session {
     last_receive: Instant,
     closed: Option<CloseReason>,
     close_reported: bool,
+    /// str0m's last answer to a poll while nothing has been fed to it
+    /// since: until then, polling and timing it out again is skipped.
+    rtc_timeout: Option<Instant>,
+    /// Local and remote address of str0m's last DTLS or SRTCP datagram:
+    /// the selected route, which the direct egress sends on.
+    route: Option<Route>,
+    /// Where this session's DTLS reports its SRTP keys, until the direct
+    /// egress is set up (viewers without bandwidth estimation).
+    keys: Option<KeySlot>,
+    /// The direct egress (see [`crate::egress`]), once set up.
+    egress: Option<Egress>,
 }
 
 impl std::fmt::Debug for Session {
@@ -167,7 +183,7 @@ impl Session {
         codecs: &[PayloadParams],
         now: Instant,
     ) -> Result<(Session, String), NegotiateError> {
-        let mut rtc = negotiate::new_rtc(config, role, now)?;
+        let (mut rtc, keys) = negotiate::new_rtc(config, role, now)?;
         let (answer, offered) = negotiate::accept_offer(&mut rtc, offer)?;
         let mut session = Session {
             rtc,
@@ -181,6 +197,10 @@ impl Session {
             last_receive: now,
             closed: None,
             close_reported: false,
+            rtc_timeout: None,
+            route: None,
+            keys,
+            egress: None,
         };
         for mid in offered {
             // Data channels have no media entry.
@@ -237,6 +257,12 @@ impl Session {
         }
     }
 
+    /// Whether this viewer's media goes out through the direct egress
+    /// (see [`crate::egress`]) rather than str0m's send queue.
+    pub fn direct_egress(&self) -> bool {
+        self.egress.is_some()
+    }
+
     /// Whether this session publishes or views.
     pub fn role(&self) -> Role {
         self.role
@@ -262,6 +288,7 @@ impl Session {
                 "the session has ended".into(),
             ));
         }
+        self.rtc_timeout = None;
         for candidate in &frag.candidates {
             self.rtc.add_remote_candidate(candidate.clone());
         }
@@ -358,6 +385,7 @@ impl Session {
             return;
         };
         self.last_receive = now;
+        self.rtc_timeout = None;
         let input = Input::Receive(
             now,
             Receive {
@@ -381,6 +409,10 @@ impl Session {
             self.close(CloseReason::ConsentExpired);
             return;
         }
+        if self.rtc_timeout.is_some_and(|due| now < due) {
+            return;
+        }
+        self.rtc_timeout = None;
         if self.rtc.handle_input(Input::Timeout(now)).is_err() {
             self.close(CloseReason::Disconnected);
         }
@@ -390,6 +422,7 @@ impl Session {
     pub fn close(&mut self, reason: CloseReason) {
         if self.closed.is_none() {
             self.closed = Some(reason);
+            self.rtc_timeout = None;
             self.rtc.disconnect();
         }
     }
@@ -407,6 +440,9 @@ impl Session {
             }
             return SessionOutput::Timeout(self.last_receive + Duration::from_secs(3600));
         }
+        if let Some(t) = self.egress.as_mut().and_then(Egress::poll_transmit) {
+            return SessionOutput::Transmit(t);
+        }
         match self.poll_rtc() {
             SessionOutput::Timeout(t) => {
                 SessionOutput::Timeout(t.min(self.last_receive + self.consent_timeout))
@@ -416,6 +452,9 @@ impl Session {
     }
 
     fn poll_rtc(&mut self) -> SessionOutput {
+        if let Some(t) = self.rtc_timeout {
+            return SessionOutput::Timeout(t);
+        }
         loop {
             let output = match self.rtc.poll_output() {
                 Ok(o) => o,
@@ -425,8 +464,19 @@ impl Session {
                 }
             };
             match output {
-                Output::Timeout(t) => return SessionOutput::Timeout(t),
-                Output::Transmit(t) => return SessionOutput::Transmit(t),
+                Output::Timeout(t) => {
+                    self.rtc_timeout = Some(t);
+                    return SessionOutput::Timeout(t);
+                }
+                Output::Transmit(mut t) => {
+                    if egress::is_route_probe(&t) {
+                        self.route = Some((t.source, t.destination));
+                    }
+                    if let Some(egress) = &self.egress {
+                        egress.correct_sender_reports(&mut t, Instant::now());
+                    }
+                    return SessionOutput::Transmit(t);
+                }
                 Output::Event(event) => {
                     if let Some(e) = self.on_event(event) {
                         return SessionOutput::Event(e);
@@ -438,7 +488,22 @@ impl Session {
 
     fn on_event(&mut self, event: Event) -> Option<SessionEvent> {
         match event {
-            Event::Connected => Some(SessionEvent::Connected),
+            Event::Connected => {
+                self.start_egress();
+                Some(SessionEvent::Connected)
+            }
+            Event::RawPacket(raw) => {
+                let (RawPacket::RtcpRx(Rtcp::Nack(nack)), Some(egress), Some(route)) =
+                    (*raw, &mut self.egress, self.route)
+                else {
+                    return None;
+                };
+                egress.on_nack(route, *nack.ssrc, nacked(&nack));
+                Some(SessionEvent::Nacks {
+                    received: 1,
+                    sent: 0,
+                })
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.close(CloseReason::Disconnected);
                 None
@@ -450,6 +515,8 @@ impl Session {
             ) => Some(SessionEvent::BandwidthEstimate {
                 bps: estimate.as_u64(),
             }),
+            // With the direct egress, NACKs are counted as they come.
+            Event::MediaEgressStats(_) if self.egress.is_some() => None,
             Event::MediaEgressStats(s) => {
                 let received = self.nack_delta(s.mid, s.rid, true, s.nacks);
                 (received > 0).then_some(SessionEvent::Nacks { received, sent: 0 })
@@ -526,6 +593,7 @@ impl Session {
     /// receive, so it probes the path for that much (no effect with
     /// estimation off).
     pub fn set_desired_bitrate(&mut self, bps: u64) {
+        self.rtc_timeout = None;
         self.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(bps));
     }
 
@@ -535,9 +603,39 @@ impl Session {
             return;
         };
         let rid = track.rids.get(usize::from(layer)).copied().flatten();
+        self.rtc_timeout = None;
         if let Some(stream) = self.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             stream.request_keyframe(KeyframeRequestKind::Pli);
         }
+    }
+
+    /// Set up the direct egress once the handshake has exported its SRTP
+    /// keys; a profile it does not handle leaves str0m's egress in place.
+    fn start_egress(&mut self) {
+        let Some(slot) = &self.keys else {
+            return;
+        };
+        let Some(keys) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return; // not yet
+        };
+        self.keys = None;
+        let Some(srtp) = SrtpSender::new(&keys) else {
+            return;
+        };
+        let mut streams = Vec::new();
+        for (mid, _) in self.send_tracks() {
+            if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                streams.push(StreamIds {
+                    mid,
+                    ssrc: *stream.ssrc(),
+                    rtx: stream.rtx().map(|s| *s),
+                });
+            }
+        }
+        let rtc = &self.rtc;
+        self.egress = Some(Egress::new(srtp, &streams, |mid| {
+            rtc.media(mid).map(|m| m.remote_extmap().clone())
+        }));
     }
 
     /// Send `rtp` (a publisher's packet) on `mid` with the header fields
@@ -564,8 +662,37 @@ impl Session {
             }
         };
         let is_video = out.spec().codec.is_video();
+        if self.keys.is_some() {
+            self.start_egress();
+        }
         let packet = &rtp.packet;
         let ext = &packet.header.ext_vals;
+        // The VP8 picture id and TL0PICIDX to write, each where the
+        // publisher's descriptor carries one.
+        let vp8 = rtp.vp8.zip(rewritten.vp8).map(|(descriptor, ids)| {
+            (
+                descriptor.picture_id().map(|_| ids.picture_id),
+                ids.tl0_pic_idx
+                    .filter(|_| descriptor.tl0_pic_idx().is_some()),
+            )
+        });
+        if let (Some(egress), Some(route)) = (&mut self.egress, self.route) {
+            let written = OutPacket {
+                pt: *out.pt(),
+                rtx_pt: out.resend().map(|pt| *pt),
+                clock_rate: out.spec().clock_rate.get(),
+                seq: rewritten.seq,
+                ts: rewritten.ts,
+                marker: packet.header.marker,
+                payload: &packet.payload,
+                ext,
+                vp8,
+                arrival: packet.timestamp,
+                resendable: is_video,
+            };
+            return egress.write(route, mid, &written);
+        }
+        self.rtc_timeout = None;
         let ext_vals = ExtensionValues {
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,
@@ -582,12 +709,12 @@ impl Session {
         .marker(packet.header.marker)
         .nackable(is_video)
         .ext_vals(ext_vals);
-        if let (Some(descriptor), Some(ids)) = (rtp.vp8, rewritten.vp8) {
+        if let (Some(descriptor), Some((picture_id, tl0))) = (rtp.vp8, vp8) {
             let mut patch = descriptor.patch();
-            if descriptor.picture_id().is_some() {
-                patch = patch.picture_id(ids.picture_id);
+            if let Some(id) = picture_id {
+                patch = patch.picture_id(id);
             }
-            if let (Some(t), Some(_)) = (ids.tl0_pic_idx, descriptor.tl0_pic_idx()) {
+            if let Some(t) = tl0 {
                 patch = patch.tl0_pic_idx(t);
             }
             if let Ok(patch) = patch.build() {
@@ -609,6 +736,17 @@ impl Session {
         stream.write_rtp(write);
         true
     }
+}
+
+/// The sequence numbers a NACK asks for (RFC 4585 section 6.2.1).
+fn nacked(nack: &Nack) -> impl Iterator<Item = u16> + '_ {
+    nack.reports.iter().flat_map(|entry| {
+        std::iter::once(entry.pid).chain(
+            (0..16u16)
+                .filter(move |bit| entry.blp & (1 << bit) != 0)
+                .map(move |bit| entry.pid.wrapping_add(bit + 1)),
+        )
+    })
 }
 
 /// The router's view of a str0m codec.

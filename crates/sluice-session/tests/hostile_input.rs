@@ -4,43 +4,27 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{PEER, SERVER, client, connected};
 use rand::Rng;
 use sluice_session::{Role, Session, SessionConfig, SessionEvent, SessionOutput};
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Output, Rtc};
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaTime};
+use str0m::{Input, Output};
 
 fn config() -> SessionConfig {
-    SessionConfig {
-        candidates: vec!["127.0.0.1:5000".parse().unwrap()],
-        consent_timeout: Duration::from_secs(30),
-        viewer_bwe_initial_bps: Some(1_000_000),
-    }
-}
-
-const PEER: &str = "127.0.0.1:6000";
-const SERVER: &str = "127.0.0.1:5000";
-
-/// A str0m client with a pending offer: audio and video, sending.
-fn client(now: Instant) -> (Rtc, String, SdpPendingOffer, Mid) {
-    let mut rtc = Rtc::builder().build(now);
-    rtc.add_local_candidate(Candidate::host(PEER.parse().unwrap(), "udp").unwrap());
-    let mut change = rtc.sdp_api();
-    change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-    let (offer, pending) = change.apply().unwrap();
-    (rtc, offer.to_sdp_string(), pending, video)
+    common::config(Some(1_000_000))
 }
 
 fn offer() -> String {
-    client(Instant::now()).1
+    common::offer(Direction::SendOnly)
 }
 
 #[test]
 fn only_authentic_stun_is_accepted_from_new_addresses() {
     let now = Instant::now();
-    let (mut rtc, offer, pending, _) = client(now);
+    let (mut rtc, offer, pending, _) = client(now, Direction::SendOnly);
     let (session, answer) = Session::accept(Role::Publisher, &offer, &config(), &[], now).unwrap();
     rtc.sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
@@ -63,59 +47,6 @@ fn only_authentic_stun_is_accepted_from_new_addresses() {
     forged[n - 10] ^= 0xff;
     assert!(!session.accepts(now, peer, server, &forged));
     assert!(!session.accepts(now, peer, server, &[0x80; 40]), "not STUN");
-}
-
-/// A session and a client that completed ICE and DTLS over an in-memory
-/// network, in simulated time. Returns them and the time reached.
-fn connected() -> (Session, Rtc, Mid, Instant) {
-    let mut now = Instant::now();
-    let (mut rtc, offer, pending, video) = client(now);
-    let (mut session, answer) =
-        Session::accept(Role::Publisher, &offer, &config(), &[], now).unwrap();
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-        .unwrap();
-    let (peer, server): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
-    let mut connected = false;
-    for _ in 0..2_000 {
-        // Client to server.
-        let client_next = loop {
-            match rtc.poll_output().unwrap() {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => session.handle_datagram(now, peer, server, &t.contents),
-                Output::Event(_) => {}
-            }
-        };
-        // Server to client.
-        let server_next = loop {
-            match session.poll() {
-                SessionOutput::Timeout(t) => break t,
-                SessionOutput::Transmit(t) => {
-                    let input = Input::Receive(
-                        now,
-                        Receive {
-                            proto: Protocol::Udp,
-                            source: server,
-                            destination: peer,
-                            contents: (&t.contents[..]).try_into().unwrap(),
-                        },
-                    );
-                    rtc.handle_input(input).unwrap();
-                }
-                SessionOutput::Event(SessionEvent::Connected) => connected = true,
-                SessionOutput::Event(_) => {}
-            }
-        };
-        if connected {
-            return (session, rtc, video, now);
-        }
-        now = client_next
-            .min(server_next)
-            .max(now + Duration::from_millis(1));
-        rtc.handle_input(Input::Timeout(now)).unwrap();
-        session.handle_timeout(now);
-    }
-    panic!("no connection in simulated time");
 }
 
 fn drain(session: &mut Session) {
@@ -179,7 +110,7 @@ fn garbage_never_panics_or_ends_a_new_session() {
 fn garbage_never_panics_or_ends_a_connected_session() {
     // From the peer's own address, as a spoofing attacker would send it,
     // once DTLS and SRTP are up.
-    let (mut session, mut client, mid, now) = connected();
+    let (mut session, mut client, mid, now) = connected(Role::Publisher, &config());
     fuzz(&mut session, now, 3_000);
 
     // Real media still gets through afterwards.

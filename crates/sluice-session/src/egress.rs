@@ -1,0 +1,568 @@
+//! A viewer's media egress around str0m's send queue.
+//!
+//! str0m turns a written packet into a datagram through its send queue,
+//! its resend cache, a walk over all its state on every poll and a fresh
+//! buffer: about three quarters of the server's time per forwarded packet
+//! (docs/benchmarks.md). Once a viewer's DTLS handshake is done, this
+//! module writes the viewer's RTP itself: one buffer, the header with its
+//! extensions, the payload copied once and its VP8 descriptor patched,
+//! sealed in place ([`crate::srtp`]).
+//!
+//! str0m keeps everything else: ICE, DTLS, keyframe requests, receiver
+//! reports and the RTCP it sends. What str0m no longer sees, this module
+//! does for it:
+//! - **Resends.** It keeps a second of sent video per stream and answers
+//!   NACKs (which str0m reports as raw RTCP) on the RTX stream, or on the
+//!   stream itself where no RTX was negotiated.
+//! - **Sender reports.** str0m still sends one per stream and second, but
+//!   it never saw the packets; each is opened, given this module's RTP
+//!   time, packet and octet counts, and sealed again under its own index.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::media::Mid;
+use str0m::net::{Protocol, Transmit};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionValues};
+
+use crate::srtp::{SrtpSender, TAG_LEN};
+
+/// How long sent video stays available for resends.
+const HISTORY: Duration = Duration::from_secs(1);
+/// Most packets kept per stream for resends.
+const HISTORY_PACKETS: usize = 1024;
+/// Bytes of a fixed RTP header.
+const RTP_HEADER: usize = 12;
+/// RTCP packet type of a sender report.
+const RTCP_SR: u8 = 200;
+
+/// One send stream's identity, as str0m negotiated it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamIds {
+    /// The media section.
+    pub mid: Mid,
+    /// The stream's SSRC.
+    pub ssrc: u32,
+    /// The resend (RTX) stream's SSRC, where one was negotiated.
+    pub rtx: Option<u32>,
+}
+
+/// Header extension ids a viewer negotiated for the extensions forwarded
+/// packets carry (one-byte form: 1 to 14).
+#[derive(Debug, Clone, Copy, Default)]
+struct ExtIds {
+    mid: Option<u8>,
+    audio_level: Option<u8>,
+    video_orientation: Option<u8>,
+}
+
+impl ExtIds {
+    fn from_map(map: &ExtensionMap) -> ExtIds {
+        let one_byte = |e| map.id_of(e).filter(|id| (1..=14).contains(id));
+        ExtIds {
+            mid: one_byte(Extension::RtpMid),
+            audio_level: one_byte(Extension::AudioLevel),
+            video_orientation: one_byte(Extension::VideoOrientation),
+        }
+    }
+}
+
+/// What one forwarded packet needs to become a datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct OutPacket<'a> {
+    /// Payload type in the viewer's numbering.
+    pub pt: u8,
+    /// The RTX payload type paired with `pt`, where one was negotiated.
+    pub rtx_pt: Option<u8>,
+    /// RTP clock rate of the codec.
+    pub clock_rate: u32,
+    /// Extended sequence number in the viewer's numbering.
+    pub seq: u64,
+    /// RTP timestamp in the viewer's numbering.
+    pub ts: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// The publisher's payload, shared by all viewers.
+    pub payload: &'a Arc<[u8]>,
+    /// The publisher's header extension values: the audio level, voice
+    /// activity and video orientation among them go on.
+    pub ext: &'a ExtensionValues,
+    /// VP8 descriptor fields to rewrite: picture id, TL0PICIDX.
+    pub vp8: Option<(Option<u16>, Option<u8>)>,
+    /// When the packet reached the server.
+    pub arrival: Instant,
+    /// Whether it is kept for resends (video).
+    pub resendable: bool,
+}
+
+/// A sent packet kept for resends.
+#[derive(Debug, Clone)]
+struct Sent {
+    seq: u64,
+    ts: u32,
+    pt: u8,
+    rtx_pt: Option<u8>,
+    marker: bool,
+    payload: Arc<[u8]>,
+    vp8: Option<(Option<u16>, Option<u8>)>,
+    at: Instant,
+}
+
+/// One send stream's state.
+#[derive(Debug)]
+struct Stream {
+    ids: StreamIds,
+    ext: ExtIds,
+    /// Packets and payload octets sent, for sender reports.
+    packets: u32,
+    octets: u32,
+    /// RTP time and arrival of the last packet, and the clock rate.
+    last: Option<(u32, Instant, u32)>,
+    history: VecDeque<Sent>,
+    /// Next sequence number on the RTX stream.
+    rtx_seq: u64,
+    /// The mid as written in the mid header extension.
+    mid_bytes: Vec<u8>,
+}
+
+/// Local and remote address of the route datagrams go on.
+pub type Route = (SocketAddr, SocketAddr);
+
+/// A viewer's direct egress: see the module documentation.
+#[derive(Debug)]
+pub struct Egress {
+    srtp: SrtpSender,
+    streams: Vec<Stream>,
+    /// Datagrams made and not yet polled.
+    out: VecDeque<Transmit>,
+}
+
+/// Whether str0m's datagram `transmit` is DTLS or SRTCP, which str0m
+/// sends on the selected route only (unlike STUN).
+pub fn is_route_probe(transmit: &Transmit) -> bool {
+    match transmit.contents.first() {
+        Some(&first) if (20..=63).contains(&first) => true,
+        Some(&first) => first >> 6 == 2 && is_rtcp(&transmit.contents),
+        None => false,
+    }
+}
+
+/// Whether an RTP-versioned datagram is RTCP (RFC 5761 section 4).
+fn is_rtcp(datagram: &[u8]) -> bool {
+    datagram.get(1).is_some_and(|pt| (192..=223).contains(pt))
+}
+
+impl Egress {
+    /// An egress sealing with `srtp` for `streams`, whose header extension
+    /// ids are in `extmap(mid)`.
+    pub fn new(
+        srtp: SrtpSender,
+        streams: &[StreamIds],
+        extmap: impl Fn(Mid) -> Option<ExtensionMap>,
+    ) -> Egress {
+        Egress {
+            srtp,
+            streams: streams
+                .iter()
+                .map(|ids| Stream {
+                    ids: *ids,
+                    ext: extmap(ids.mid)
+                        .as_ref()
+                        .map(ExtIds::from_map)
+                        .unwrap_or_default(),
+                    packets: 0,
+                    octets: 0,
+                    last: None,
+                    history: VecDeque::new(),
+                    rtx_seq: u64::from(rand_u16() & 0x7fff),
+                    mid_bytes: ids.mid.as_bytes().to_vec(),
+                })
+                .collect(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Correct the sender reports in str0m's SRTCP datagram `transmit`
+    /// (see the module documentation), as of `now`. Other datagrams are
+    /// left alone.
+    pub fn correct_sender_reports(&self, transmit: &mut Transmit, now: Instant) {
+        if transmit.contents.first().is_none_or(|b| b >> 6 != 2) || !is_rtcp(&transmit.contents) {
+            return;
+        }
+        let mut contents: Vec<u8> =
+            std::mem::replace(&mut transmit.contents, Vec::new().into()).into();
+        let streams = &self.streams;
+        self.srtp.reseal_rtcp(&mut contents, |rtcp| {
+            correct_sender_reports(rtcp, streams, now)
+        });
+        transmit.contents = contents.into();
+    }
+
+    /// Make the datagram of `packet` on the stream of `mid`, to go on
+    /// `route`. Returns false if this egress has no such stream.
+    pub fn write(&mut self, (source, destination): Route, mid: Mid, packet: &OutPacket) -> bool {
+        let Some(stream) = self.streams.iter_mut().find(|s| s.ids.mid == mid) else {
+            return false;
+        };
+        let datagram = seal(
+            &self.srtp,
+            stream,
+            Header {
+                ssrc: stream.ids.ssrc,
+                pt: packet.pt,
+                seq: packet.seq,
+                ts: packet.ts,
+                marker: packet.marker,
+            },
+            packet.ext,
+            None,
+            packet.payload,
+            packet.vp8,
+        );
+        stream.packets = stream.packets.wrapping_add(1);
+        stream.octets = stream.octets.wrapping_add(packet.payload.len() as u32);
+        stream.last = Some((packet.ts, packet.arrival, packet.clock_rate));
+        if packet.resendable {
+            while stream.history.len() >= HISTORY_PACKETS
+                || stream
+                    .history
+                    .front()
+                    .is_some_and(|s| packet.arrival.saturating_duration_since(s.at) > HISTORY)
+            {
+                stream.history.pop_front();
+            }
+            stream.history.push_back(Sent {
+                seq: packet.seq,
+                ts: packet.ts,
+                pt: packet.pt,
+                rtx_pt: packet.rtx_pt,
+                marker: packet.marker,
+                payload: packet.payload.clone(),
+                vp8: packet.vp8,
+                at: packet.arrival,
+            });
+        }
+        self.out.push_back(Transmit {
+            proto: Protocol::Udp,
+            source,
+            destination,
+            contents: datagram.into(),
+        });
+        true
+    }
+
+    /// Answer a NACK for `ssrc`: resend each of `seqs` (16-bit) still in
+    /// the history on `route`, on the RTX stream where there is one.
+    pub fn on_nack(
+        &mut self,
+        (source, destination): Route,
+        ssrc: u32,
+        seqs: impl Iterator<Item = u16>,
+    ) {
+        let Some(stream) = self.streams.iter_mut().find(|s| s.ids.ssrc == ssrc) else {
+            return;
+        };
+        for seq in seqs {
+            let Some(sent) = stream
+                .history
+                .iter()
+                .rev()
+                .find(|s| s.seq as u16 == seq)
+                .cloned()
+            else {
+                continue;
+            };
+            let (header, osn) = match (stream.ids.rtx, sent.rtx_pt) {
+                (Some(rtx), Some(rtx_pt)) => {
+                    let header = Header {
+                        ssrc: rtx,
+                        pt: rtx_pt,
+                        seq: stream.rtx_seq,
+                        ts: sent.ts,
+                        marker: sent.marker,
+                    };
+                    stream.rtx_seq += 1;
+                    (header, Some(sent.seq as u16))
+                }
+                _ => (
+                    Header {
+                        ssrc: stream.ids.ssrc,
+                        pt: sent.pt,
+                        seq: sent.seq,
+                        ts: sent.ts,
+                        marker: sent.marker,
+                    },
+                    None,
+                ),
+            };
+            let datagram = seal(
+                &self.srtp,
+                stream,
+                header,
+                &ExtensionValues::default(),
+                osn,
+                &sent.payload,
+                sent.vp8,
+            );
+            self.out.push_back(Transmit {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents: datagram.into(),
+            });
+        }
+    }
+
+    /// The next datagram made.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+}
+
+/// The fixed RTP header fields of one datagram.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    ssrc: u32,
+    pt: u8,
+    seq: u64,
+    ts: u32,
+    marker: bool,
+}
+
+/// Build and seal one RTP datagram of `stream`: header, the extensions of
+/// `ext` the viewer negotiated (and the mid), the original sequence number
+/// first on an RTX stream (`osn`), then the payload with its VP8 ids
+/// rewritten.
+fn seal(
+    srtp: &SrtpSender,
+    stream: &Stream,
+    header: Header,
+    ext: &ExtensionValues,
+    osn: Option<u16>,
+    payload: &[u8],
+    vp8: Option<(Option<u16>, Option<u8>)>,
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(RTP_HEADER + 24 + 2 + payload.len() + TAG_LEN);
+    buf.extend_from_slice(&[0x80, (u8::from(header.marker) << 7) | (header.pt & 0x7f)]);
+    buf.extend_from_slice(&(header.seq as u16).to_be_bytes());
+    buf.extend_from_slice(&header.ts.to_be_bytes());
+    buf.extend_from_slice(&header.ssrc.to_be_bytes());
+    write_extensions(&mut buf, stream, ext);
+    let header_len = buf.len();
+    if let Some(osn) = osn {
+        buf.extend_from_slice(&osn.to_be_bytes());
+    }
+    let payload_at = buf.len();
+    buf.extend_from_slice(payload);
+    if let Some((picture_id, tl0)) = vp8 {
+        patch_vp8(&mut buf[payload_at..], picture_id, tl0);
+    }
+    srtp.seal_rtp(
+        &mut buf,
+        header_len,
+        header.ssrc,
+        header.seq & 0xffff_ffff_ffff,
+    );
+    buf
+}
+
+/// Append the one-byte header extension block (RFC 8285) for the mid,
+/// audio level and video orientation, and set the header's X bit; nothing
+/// when there is none to write.
+fn write_extensions(buf: &mut Vec<u8>, stream: &Stream, ext: &ExtensionValues) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
+    let ids = stream.ext;
+    if let Some(id) = ids.mid {
+        let mid = &stream.mid_bytes;
+        if (1..=16).contains(&mid.len()) {
+            buf.push((id << 4) | (mid.len() as u8 - 1));
+            buf.extend_from_slice(mid);
+        }
+    }
+    if let (Some(id), Some(level)) = (ids.audio_level, ext.audio_level) {
+        let voice = if ext.voice_activity.unwrap_or(false) {
+            0x80
+        } else {
+            0
+        };
+        buf.extend_from_slice(&[id << 4, voice | (level.unsigned_abs() & 0x7f)]);
+    }
+    if let (Some(id), Some(orientation)) = (ids.video_orientation, ext.video_orientation) {
+        buf.extend_from_slice(&[id << 4, orientation as u8]);
+    }
+    let body = buf.len() - start - 4;
+    if body == 0 {
+        buf.truncate(start);
+        return;
+    }
+    buf.resize(start + 4 + body.div_ceil(4) * 4, 0);
+    let words = (body.div_ceil(4) as u16).to_be_bytes();
+    buf[start + 2..start + 4].copy_from_slice(&words);
+    buf[0] |= 0x10;
+}
+
+/// Rewrite the picture id and TL0PICIDX of a VP8 payload descriptor
+/// (RFC 7741 section 4.2) in place, each only where the descriptor carries
+/// it; a picture id keeps its 7- or 15-bit width.
+fn patch_vp8(payload: &mut [u8], picture_id: Option<u16>, tl0: Option<u8>) {
+    let Some(&first) = payload.first() else {
+        return;
+    };
+    if first & 0x80 == 0 || payload.len() < 2 {
+        return; // no extension byte, so neither field
+    }
+    let x = payload[1];
+    let mut at = 2;
+    if x & 0x80 != 0 {
+        let Some(&m) = payload.get(at) else { return };
+        let long = m & 0x80 != 0;
+        if let Some(id) = picture_id {
+            if long {
+                if at + 1 >= payload.len() {
+                    return;
+                }
+                payload[at] = 0x80 | ((id >> 8) as u8 & 0x7f);
+                payload[at + 1] = id as u8;
+            } else {
+                payload[at] = id as u8 & 0x7f;
+            }
+        }
+        at += if long { 2 } else { 1 };
+    }
+    if x & 0x40 != 0
+        && let (Some(t), Some(slot)) = (tl0, payload.get_mut(at))
+    {
+        *slot = t;
+    }
+}
+
+/// Give every sender report in the compound RTCP packet `rtcp` that is
+/// about one of `streams` that stream's RTP time for its NTP time (taken
+/// as `now`), packet count and octet count.
+fn correct_sender_reports(rtcp: &mut [u8], streams: &[Stream], now: Instant) {
+    let mut at = 0;
+    while at + 4 <= rtcp.len() {
+        let words = usize::from(u16::from_be_bytes([rtcp[at + 2], rtcp[at + 3]]));
+        let end = at + 4 * (words + 1);
+        if end > rtcp.len() {
+            return;
+        }
+        if rtcp[at + 1] == RTCP_SR && end >= at + 28 {
+            let ssrc = u32::from_be_bytes([rtcp[at + 4], rtcp[at + 5], rtcp[at + 6], rtcp[at + 7]]);
+            if let Some(stream) = streams.iter().find(|s| s.ids.ssrc == ssrc)
+                && let Some((ts, arrival, rate)) = stream.last
+            {
+                let elapsed = now.saturating_duration_since(arrival);
+                let ticks = (elapsed.as_secs_f64() * f64::from(rate)) as u32;
+                rtcp[at + 16..at + 20].copy_from_slice(&ts.wrapping_add(ticks).to_be_bytes());
+                rtcp[at + 20..at + 24].copy_from_slice(&stream.packets.to_be_bytes());
+                rtcp[at + 24..at + 28].copy_from_slice(&stream.octets.to_be_bytes());
+            }
+        }
+        at = end;
+    }
+}
+
+/// A random 16-bit number for the first RTX sequence number.
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_ids_are_rewritten_in_their_own_width() {
+        // X, I with a 15-bit picture id, L with TL0PICIDX.
+        let mut long = [0x90, 0xc0, 0x80, 0x01, 0x05, 0xaa];
+        patch_vp8(&mut long, Some(0x1234), Some(9));
+        assert_eq!(long, [0x90, 0xc0, 0x92, 0x34, 9, 0xaa]);
+        // A 7-bit picture id stays 7 bits, and no L leaves the next byte.
+        let mut short = [0x90, 0x80, 0x05, 0xaa];
+        patch_vp8(&mut short, Some(0x1234), Some(9));
+        assert_eq!(short, [0x90, 0x80, 0x34, 0xaa]);
+        // No X byte: nothing to rewrite; a cut descriptor is left alone.
+        let mut plain = [0x10, 0x00, 0x00];
+        patch_vp8(&mut plain, Some(1), Some(1));
+        assert_eq!(plain, [0x10, 0x00, 0x00]);
+        let mut cut = [0x90, 0x80, 0x80];
+        patch_vp8(&mut cut, Some(1), None);
+        assert_eq!(cut, [0x90, 0x80, 0x80]);
+    }
+
+    fn stream(ext: ExtIds) -> Stream {
+        Stream {
+            ids: StreamIds {
+                mid: Mid::from("1"),
+                ssrc: 7,
+                rtx: None,
+            },
+            ext,
+            packets: 0,
+            octets: 0,
+            last: None,
+            history: VecDeque::new(),
+            rtx_seq: 0,
+            mid_bytes: b"1".to_vec(),
+        }
+    }
+
+    #[test]
+    fn extensions_are_one_byte_elements_padded_to_words() {
+        let mut buf = vec![0x80; RTP_HEADER];
+        let s = stream(ExtIds {
+            mid: Some(4),
+            audio_level: Some(1),
+            video_orientation: None,
+        });
+        let ext = ExtensionValues {
+            audio_level: Some(-30),
+            voice_activity: Some(true),
+            ..ExtensionValues::default()
+        };
+        write_extensions(&mut buf, &s, &ext);
+        assert_eq!(buf[0], 0x90, "X bit");
+        assert_eq!(
+            buf[RTP_HEADER..],
+            [0xbe, 0xde, 0, 1, 0x40, b'1', 0x10, 0x80 | 30]
+        );
+        let mut padded = vec![0x80; RTP_HEADER];
+        let audio_only = stream(ExtIds {
+            audio_level: Some(1),
+            ..ExtIds::default()
+        });
+        write_extensions(&mut padded, &audio_only, &ext);
+        assert_eq!(
+            padded[RTP_HEADER..],
+            [0xbe, 0xde, 0, 1, 0x10, 0x80 | 30, 0, 0]
+        );
+        let mut none = vec![0x80; RTP_HEADER];
+        write_extensions(&mut none, &stream(ExtIds::default()), &ext);
+        assert_eq!(none, vec![0x80; RTP_HEADER]);
+    }
+
+    #[test]
+    fn sender_reports_get_the_streams_own_figures() {
+        let now = Instant::now();
+        let mut s = stream(ExtIds::default());
+        s.packets = 3;
+        s.octets = 3000;
+        s.last = Some((90_000, now - Duration::from_millis(100), 90_000));
+        // An SR for SSRC 7 (no report blocks), then an SDES.
+        let mut rtcp = vec![0x80, 200, 0, 6, 0, 0, 0, 7];
+        rtcp.extend_from_slice(&[0x11; 20]);
+        rtcp.extend_from_slice(&[0x81, 202, 0, 1, 0, 0, 0, 7]);
+        correct_sender_reports(&mut rtcp, std::slice::from_ref(&s), now);
+        let rtp_time = u32::from_be_bytes(rtcp[16..20].try_into().unwrap());
+        assert!((99_000..=99_100).contains(&rtp_time), "{rtp_time}");
+        assert_eq!(rtcp[20..24], 3u32.to_be_bytes());
+        assert_eq!(rtcp[24..28], 3000u32.to_be_bytes());
+        assert_eq!(rtcp[8..16], [0x11; 8], "NTP time untouched");
+        assert_eq!(rtcp[28..], [0x81, 202, 0, 1, 0, 0, 0, 7]);
+    }
+}

@@ -1,0 +1,154 @@
+//! A viewer's direct egress against a str0m client: what a publisher
+//! sends arrives sealed so the client opens it, losses are repaired from
+//! the egress's own resend history, and the sender reports the client gets
+//! describe what the egress sent.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{PEER, SERVER, config, connected, to_client};
+use sluice_router::Rewritten;
+use sluice_session::{MediaKind, Role, Session, SessionEvent, SessionOutput};
+use str0m::media::MediaTime;
+use str0m::{Event, Input, Output, Rtc};
+
+/// What the viewer's client got: sequence number and payload of each
+/// packet, and the sender report fields it last saw.
+#[derive(Default)]
+struct Received {
+    packets: Vec<(u64, Vec<u8>)>,
+    last_report: Option<(u32, u64)>,
+}
+
+/// Move everything `client` has for the server into `session`.
+fn client_to_server(
+    client: &mut Rtc,
+    session: &mut Session,
+    now: Instant,
+    received: &mut Received,
+) {
+    let (peer, server): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
+    loop {
+        match client.poll_output().unwrap() {
+            Output::Timeout(_) => return,
+            Output::Transmit(t) => session.handle_datagram(now, peer, server, &t.contents),
+            Output::Event(Event::RtpPacket(p)) => {
+                if let Some(info) = p.last_sender_info {
+                    received.last_report = Some((info.sender_packet_count, info.rtp_time.numer()));
+                }
+                received.packets.push((*p.seq_no, p.payload.to_vec()));
+            }
+            Output::Event(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
+    let config = config(None);
+    let (mut publisher, mut sender, sender_video, t0) = connected(Role::Publisher, &config);
+    let (mut viewer, mut watcher, _, t1) = connected(Role::Viewer, &config);
+    assert!(
+        viewer.direct_egress(),
+        "a viewer without estimation uses it"
+    );
+    assert!(!publisher.direct_egress());
+    let (video, _) = viewer
+        .send_tracks()
+        .into_iter()
+        .find(|(_, kind)| *kind == MediaKind::Video)
+        .unwrap();
+
+    let mut now = t0.max(t1);
+    let mut sent = Vec::new();
+    let mut received = Received::default();
+    let mut dropped = 0;
+    let mut video_ssrc = None;
+    let mut seq = 1_000u64;
+    for frame in 0..300u32 {
+        now += Duration::from_millis(10);
+        // The publisher's client sends one small VP8 frame.
+        let writer = sender.writer(sender_video).unwrap();
+        let pt = writer.payload_params().next().unwrap().pt();
+        let payload = vec![0x10, 0x02, 0x00, frame as u8, (frame >> 8) as u8, 7, 7, 7];
+        writer
+            .write(
+                pt,
+                now,
+                MediaTime::from_90khz(u64::from(frame) * 3000),
+                payload,
+            )
+            .unwrap();
+        sender.handle_input(Input::Timeout(now)).unwrap();
+        let mut ignored = Received::default();
+        client_to_server(&mut sender, &mut publisher, now, &mut ignored);
+
+        // The server forwards what the publisher's session got.
+        publisher.handle_timeout(now);
+        while let SessionOutput::Transmit(_) | SessionOutput::Event(_) = {
+            let output = publisher.poll();
+            if let SessionOutput::Event(SessionEvent::Rtp(rtp)) = &output {
+                let rewritten = Rewritten {
+                    seq,
+                    ts: rtp.packet.header.timestamp,
+                    vp8: None,
+                };
+                assert!(viewer.write_rtp(video, rtp, &rewritten));
+                sent.push((seq, rtp.packet.payload.to_vec()));
+                seq += 1;
+            }
+            output
+        } {}
+
+        // The viewer's session sends; every tenth new video packet is lost.
+        viewer.handle_timeout(now);
+        loop {
+            match viewer.poll() {
+                SessionOutput::Timeout(_) => break,
+                SessionOutput::Transmit(t) => {
+                    let d = &t.contents[..];
+                    let is_rtp = d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
+                    if is_rtp {
+                        // The first RTP datagram is an original, not a resend.
+                        let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+                        let video_ssrc = *video_ssrc.get_or_insert(ssrc);
+                        if ssrc == video_ssrc && u16::from_be_bytes([d[2], d[3]]) % 10 == 5 {
+                            dropped += 1;
+                            continue;
+                        }
+                    }
+                    // Polled after each datagram, as a real peer does (str0m
+                    // holds one received packet per stream until polled).
+                    to_client(&mut watcher, now, d);
+                    client_to_server(&mut watcher, &mut viewer, now, &mut received);
+                }
+                SessionOutput::Event(_) => {}
+            }
+        }
+        watcher.handle_input(Input::Timeout(now)).unwrap();
+        client_to_server(&mut watcher, &mut viewer, now, &mut received);
+    }
+
+    assert!(dropped >= 20, "{dropped} packets dropped");
+    let mut got = received.packets.clone();
+    got.sort();
+    got.dedup();
+    // All but the newest packets (their resends may still be due) arrived
+    // as sent, the dropped ones among them by resend.
+    let settled = &sent[..sent.len() - 20];
+    for (seq, payload) in settled {
+        let arrived = got.iter().find(|(s, _)| s == seq);
+        assert_eq!(arrived.map(|(_, p)| p), Some(payload), "packet {seq}");
+    }
+    // Sender reports count what the egress sent (str0m itself sent
+    // nothing) and map to the stream's own RTP time.
+    let (packets, rtp_time) = received.last_report.expect("a sender report");
+    assert!(packets >= 90, "sender report says {packets} packets");
+    let newest_ts = u64::from(299u32 * 3000);
+    assert!(
+        rtp_time > 90_000 && rtp_time <= newest_ts + 90_000,
+        "sender report RTP time {rtp_time}"
+    );
+}
