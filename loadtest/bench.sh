@@ -57,7 +57,7 @@ run() {
 for scenario in "${@:-a b c d}"; do
     for s in $scenario; do
         case $s in
-            a) run a --room cap --publishers 1 --subscribers 700 --simulcast --ramp 100 \
+            a) run a --room cap --publishers 1 --subscribers "${VIEWERS:-700}" --simulcast --ramp 100 \
                    --duration "$duration" ;;
             b) run b --room meet --meeting --publishers 10 --simulcast --layer q --probes 10 \
                    --ramp 50 --duration "$duration" ;;

@@ -42,11 +42,17 @@ thread_local! {
 /// makes the instance while building and never tells which `Rtc` a
 /// provider call is for, hence the thread-local hand-over.
 pub(crate) fn capture_keys<T>(build: impl FnOnce() -> T) -> (T, KeySlot) {
+    /// Clears the hand-over however `build` ends.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| c.borrow_mut().take());
+        }
+    }
     let slot = KeySlot::default();
     CAPTURE.with(|c| *c.borrow_mut() = Some(slot.clone()));
-    let built = build();
-    CAPTURE.with(|c| c.borrow_mut().take());
-    (built, slot)
+    let _clear = Clear;
+    (build(), slot)
 }
 
 /// How long the server gives new sessions one certificate before it makes
@@ -221,19 +227,17 @@ impl DtlsInstance for Instance {
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
         let output = self.dtls.poll_output(buf);
         if let (DtlsOutput::KeyingMaterial(material, profile), Some(slot)) = (&output, &self.keys) {
-            // A profile dimpl adds later is left to str0m alone.
             let profile = match profile {
-                SrtpProfile::AES128_CM_SHA1_80 => Some(Profile::Aes128CmSha1_80),
-                SrtpProfile::AEAD_AES_128_GCM => Some(Profile::AeadAes128Gcm),
-                SrtpProfile::AEAD_AES_256_GCM => Some(Profile::AeadAes256Gcm),
-                _ => None,
+                SrtpProfile::AES128_CM_SHA1_80 => Profile::Aes128CmSha1_80,
+                SrtpProfile::AEAD_AES_128_GCM => Profile::AeadAes128Gcm,
+                SrtpProfile::AEAD_AES_256_GCM => Profile::AeadAes256Gcm,
+                _ => Profile::Other,
             };
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                profile.map(|profile| SrtpKeys {
-                    profile,
-                    material: material.to_vec(),
-                    client: self.dtls.is_active(),
-                });
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(SrtpKeys {
+                profile,
+                material: material.to_vec(),
+                client: self.dtls.is_active(),
+            });
         }
         output
     }

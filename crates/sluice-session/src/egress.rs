@@ -12,11 +12,17 @@
 //! reports and the RTCP it sends. What str0m no longer sees, this module
 //! does for it:
 //! - **Resends.** It keeps a second of sent video per stream and answers
-//!   NACKs (which str0m reports as raw RTCP) on the RTX stream, or on the
-//!   stream itself where no RTX was negotiated.
+//!   the viewer's NACKs (read from its SRTCP) on the RTX stream, within a
+//!   resend budget of a share of what the stream sent. Without a
+//!   negotiated RTX stream nothing is resent: resending on the stream
+//!   itself would seal a second packet under the same nonce.
 //! - **Sender reports.** str0m still sends one per stream and second, but
 //!   it never saw the packets; each is opened, given this module's RTP
 //!   time, packet and octet counts, and sealed again under its own index.
+//!
+//! The route media goes on is the one str0m last sent DTLS or SRTCP on;
+//! after an ICE restart moves it, media follows with str0m's next sender
+//! report (within a second for video, five seconds for audio only).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,18 +31,34 @@ use std::time::{Duration, Instant};
 
 use str0m::media::Mid;
 use str0m::net::{Protocol, Transmit};
-use str0m::rtp::{Extension, ExtensionMap, ExtensionValues};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, VideoOrientation};
 
-use crate::srtp::{SrtpSender, TAG_LEN};
+use crate::srtp::{SrtpContext, SrtpKeys, TAG_LEN};
 
-/// How long sent video stays available for resends.
-const HISTORY: Duration = Duration::from_secs(1);
-/// Most packets kept per stream for resends.
-const HISTORY_PACKETS: usize = 1024;
+/// How long a viewer's sent video stays available for NACK resends (here
+/// and in str0m's egress). A second covers a few round trips of any usable
+/// path (libwebrtc keeps about as long: the larger of 1 s and three round
+/// trips).
+pub(crate) const HISTORY: Duration = Duration::from_secs(1);
+/// Upper bound on packets in that history (about 12 Mbit/s of video).
+pub(crate) const HISTORY_PACKETS: usize = 1024;
+/// Share of a stream's payload bytes that may be spent on resends (str0m's
+/// default cap).
+pub(crate) const RESEND_SHARE: f64 = 0.15;
+/// Resend bytes a stream may spend at once, beyond its share.
+const RESEND_BURST: f64 = 64_000.0;
+/// Least time between two resends of one packet.
+const RESEND_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes of a fixed RTP header.
 const RTP_HEADER: usize = 12;
+/// Most bytes of the header extension block: its own header, the mid
+/// (up to 16 bytes), audio level and video orientation, padded.
+const MAX_EXTENSIONS: usize = 28;
 /// RTCP packet type of a sender report.
 const RTCP_SR: u8 = 200;
+/// RTCP packet type of transport-layer feedback (RFC 4585), whose format 1
+/// is the generic NACK.
+const RTCP_RTPFB: u8 = 205;
 
 /// One send stream's identity, as str0m negotiated it.
 #[derive(Debug, Clone, Copy)]
@@ -102,12 +124,47 @@ pub struct OutPacket<'a> {
 struct Sent {
     seq: u64,
     ts: u32,
-    pt: u8,
-    rtx_pt: Option<u8>,
+    rtx_pt: u8,
     marker: bool,
     payload: Arc<[u8]>,
     vp8: Option<(Option<u16>, Option<u8>)>,
+    video_orientation: Option<VideoOrientation>,
     at: Instant,
+    resent_at: Option<Instant>,
+}
+
+/// Sequence numbers a stream has sealed lately, so that none is sealed
+/// twice (a duplicate from the publisher): two different packets under
+/// one nonce would expose the key's authentication.
+#[derive(Debug, Default)]
+struct Sealed {
+    highest: Option<u64>,
+    /// Bit i: `highest - i` was sealed.
+    recent: u64,
+}
+
+impl Sealed {
+    /// Note `seq` as sealed; false if it already was, or is too old to
+    /// tell.
+    fn mark(&mut self, seq: u64) -> bool {
+        let Some(highest) = self.highest else {
+            self.highest = Some(seq);
+            self.recent = 1;
+            return true;
+        };
+        if seq > highest {
+            let shift = seq - highest;
+            self.recent = if shift >= 64 { 0 } else { self.recent << shift } | 1;
+            self.highest = Some(seq);
+            return true;
+        }
+        let age = highest - seq;
+        if age >= 64 || self.recent & (1 << age) != 0 {
+            return false;
+        }
+        self.recent |= 1 << age;
+        true
+    }
 }
 
 /// One send stream's state.
@@ -115,16 +172,36 @@ struct Sent {
 struct Stream {
     ids: StreamIds,
     ext: ExtIds,
+    /// The mid as written in the mid header extension.
+    mid_bytes: Vec<u8>,
     /// Packets and payload octets sent, for sender reports.
     packets: u32,
     octets: u32,
     /// RTP time and arrival of the last packet, and the clock rate.
     last: Option<(u32, Instant, u32)>,
+    sealed: Sealed,
     history: VecDeque<Sent>,
     /// Next sequence number on the RTX stream.
     rtx_seq: u64,
-    /// The mid as written in the mid header extension.
-    mid_bytes: Vec<u8>,
+    rtx_sealed: Sealed,
+    /// Resend bytes this stream may still spend.
+    resend_budget: f64,
+}
+
+impl Stream {
+    /// The kept packet whose sequence number ends in `seq16`.
+    fn kept(&mut self, seq16: u16) -> Option<&mut Sent> {
+        let front = self.history.front()?.seq as u16;
+        let at = usize::from(seq16.wrapping_sub(front));
+        // The history is in sequence order but for reordered packets.
+        if self.history.get(at).is_some_and(|s| s.seq as u16 == seq16) {
+            return self.history.get_mut(at);
+        }
+        self.history
+            .iter_mut()
+            .rev()
+            .find(|s| s.seq as u16 == seq16)
+    }
 }
 
 /// Local and remote address of the route datagrams go on.
@@ -133,7 +210,8 @@ pub type Route = (SocketAddr, SocketAddr);
 /// A viewer's direct egress: see the module documentation.
 #[derive(Debug)]
 pub struct Egress {
-    srtp: SrtpSender,
+    send: SrtpContext,
+    receive: SrtpContext,
     streams: Vec<Stream>,
     /// Datagrams made and not yet polled.
     out: VecDeque<Transmit>,
@@ -144,26 +222,29 @@ pub struct Egress {
 pub fn is_route_probe(transmit: &Transmit) -> bool {
     match transmit.contents.first() {
         Some(&first) if (20..=63).contains(&first) => true,
-        Some(&first) => first >> 6 == 2 && is_rtcp(&transmit.contents),
+        Some(_) => is_rtcp(&transmit.contents),
         None => false,
     }
 }
 
-/// Whether an RTP-versioned datagram is RTCP (RFC 5761 section 4).
-fn is_rtcp(datagram: &[u8]) -> bool {
-    datagram.get(1).is_some_and(|pt| (192..=223).contains(pt))
+/// Whether a datagram is RTCP (RFC 5761 section 4, RFC 7983).
+pub fn is_rtcp(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b >> 6 == 2)
+        && datagram.get(1).is_some_and(|pt| (192..=223).contains(pt))
 }
 
 impl Egress {
-    /// An egress sealing with `srtp` for `streams`, whose header extension
-    /// ids are in `extmap(mid)`.
+    /// An egress for `streams` with the SRTP keys of `keys`, whose header
+    /// extension ids are in `extmap(mid)`; `None` if the keys are of a
+    /// profile [`crate::srtp`] does not handle.
     pub fn new(
-        srtp: SrtpSender,
+        keys: &SrtpKeys,
         streams: &[StreamIds],
         extmap: impl Fn(Mid) -> Option<ExtensionMap>,
-    ) -> Egress {
-        Egress {
-            srtp,
+    ) -> Option<Egress> {
+        Some(Egress {
+            send: SrtpContext::new(keys, true)?,
+            receive: SrtpContext::new(keys, false)?,
             streams: streams
                 .iter()
                 .map(|ids| Stream {
@@ -172,42 +253,50 @@ impl Egress {
                         .as_ref()
                         .map(ExtIds::from_map)
                         .unwrap_or_default(),
+                    mid_bytes: ids.mid.as_bytes().to_vec(),
                     packets: 0,
                     octets: 0,
                     last: None,
+                    sealed: Sealed::default(),
                     history: VecDeque::new(),
                     rtx_seq: u64::from(rand_u16() & 0x7fff),
-                    mid_bytes: ids.mid.as_bytes().to_vec(),
+                    rtx_sealed: Sealed::default(),
+                    resend_budget: RESEND_BURST,
                 })
                 .collect(),
             out: VecDeque::new(),
-        }
+        })
     }
 
     /// Correct the sender reports in str0m's SRTCP datagram `transmit`
     /// (see the module documentation), as of `now`. Other datagrams are
     /// left alone.
     pub fn correct_sender_reports(&self, transmit: &mut Transmit, now: Instant) {
-        if transmit.contents.first().is_none_or(|b| b >> 6 != 2) || !is_rtcp(&transmit.contents) {
+        if !is_rtcp(&transmit.contents) {
             return;
         }
         let mut contents: Vec<u8> =
             std::mem::replace(&mut transmit.contents, Vec::new().into()).into();
         let streams = &self.streams;
-        self.srtp.reseal_rtcp(&mut contents, |rtcp| {
+        self.send.reseal_rtcp(&mut contents, |rtcp| {
             correct_sender_reports(rtcp, streams, now)
         });
         transmit.contents = contents.into();
     }
 
     /// Make the datagram of `packet` on the stream of `mid`, to go on
-    /// `route`. Returns false if this egress has no such stream.
+    /// `route`. Returns false if this egress has no such stream, or
+    /// already sealed that sequence number.
     pub fn write(&mut self, (source, destination): Route, mid: Mid, packet: &OutPacket) -> bool {
         let Some(stream) = self.streams.iter_mut().find(|s| s.ids.mid == mid) else {
             return false;
         };
+        if !stream.sealed.mark(packet.seq) {
+            return false;
+        }
+        let video_orientation = packet.ext.video_orientation;
         let datagram = seal(
-            &self.srtp,
+            &self.send,
             stream,
             Header {
                 ssrc: stream.ids.ssrc,
@@ -216,15 +305,20 @@ impl Egress {
                 ts: packet.ts,
                 marker: packet.marker,
             },
-            packet.ext,
+            Extensions {
+                audio_level: packet.ext.audio_level,
+                voice_activity: packet.ext.voice_activity,
+                video_orientation,
+            },
             None,
             packet.payload,
             packet.vp8,
         );
+        let size = packet.payload.len();
         stream.packets = stream.packets.wrapping_add(1);
-        stream.octets = stream.octets.wrapping_add(packet.payload.len() as u32);
+        stream.octets = stream.octets.wrapping_add(size as u32);
         stream.last = Some((packet.ts, packet.arrival, packet.clock_rate));
-        if packet.resendable {
+        if let (true, Some(rtx_pt), Some(_)) = (packet.resendable, packet.rtx_pt, stream.ids.rtx) {
             while stream.history.len() >= HISTORY_PACKETS
                 || stream
                     .history
@@ -236,13 +330,16 @@ impl Egress {
             stream.history.push_back(Sent {
                 seq: packet.seq,
                 ts: packet.ts,
-                pt: packet.pt,
-                rtx_pt: packet.rtx_pt,
+                rtx_pt,
                 marker: packet.marker,
                 payload: packet.payload.clone(),
                 vp8: packet.vp8,
+                video_orientation,
                 at: packet.arrival,
+                resent_at: None,
             });
+            stream.resend_budget =
+                (stream.resend_budget + size as f64 * RESEND_SHARE).min(RESEND_BURST);
         }
         self.out.push_back(Transmit {
             proto: Protocol::Udp,
@@ -253,72 +350,114 @@ impl Egress {
         true
     }
 
-    /// Answer a NACK for `ssrc`: resend each of `seqs` (16-bit) still in
-    /// the history on `route`, on the RTX stream where there is one.
-    pub fn on_nack(
-        &mut self,
-        (source, destination): Route,
-        ssrc: u32,
-        seqs: impl Iterator<Item = u16>,
-    ) {
+    /// Read the viewer's SRTCP datagram `datagram` for NACKs and answer
+    /// them on `route` at `now`. Returns how many NACK messages it held.
+    pub fn on_rtcp(&mut self, route: Route, datagram: &[u8], now: Instant) -> u64 {
+        let Some(rtcp) = self.receive.open_rtcp(datagram) else {
+            return 0;
+        };
+        let mut nacks = 0;
+        let mut at = 0;
+        while at + 4 <= rtcp.len() {
+            let words = usize::from(u16::from_be_bytes([rtcp[at + 2], rtcp[at + 3]]));
+            let end = at + 4 * (words + 1);
+            if end > rtcp.len() {
+                break;
+            }
+            let generic_nack = rtcp[at] & 0x1f == 1 && rtcp[at + 1] == RTCP_RTPFB;
+            if generic_nack && end >= at + 12 {
+                nacks += 1;
+                let media =
+                    u32::from_be_bytes([rtcp[at + 8], rtcp[at + 9], rtcp[at + 10], rtcp[at + 11]]);
+                let entries = rtcp[at + 12..end].chunks_exact(4).map(|e| {
+                    (
+                        u16::from_be_bytes([e[0], e[1]]),
+                        u16::from_be_bytes([e[2], e[3]]),
+                    )
+                });
+                for (pid, blp) in entries {
+                    let lost = std::iter::once(pid).chain(
+                        (0..16u16)
+                            .filter(move |bit| blp & (1 << bit) != 0)
+                            .map(move |bit| pid.wrapping_add(bit + 1)),
+                    );
+                    for seq in lost {
+                        self.resend(route, media, seq, now);
+                    }
+                }
+            }
+            at = end;
+        }
+        nacks
+    }
+
+    /// Resend the packet of `ssrc` whose sequence number ends in `seq` on
+    /// its RTX stream, if it is kept, was not resent in the last
+    /// [`RESEND_INTERVAL`] and the stream's budget allows.
+    fn resend(&mut self, (source, destination): Route, ssrc: u32, seq: u16, now: Instant) {
         let Some(stream) = self.streams.iter_mut().find(|s| s.ids.ssrc == ssrc) else {
             return;
         };
-        for seq in seqs {
-            let Some(sent) = stream
-                .history
-                .iter()
-                .rev()
-                .find(|s| s.seq as u16 == seq)
-                .cloned()
-            else {
-                continue;
-            };
-            let (header, osn) = match (stream.ids.rtx, sent.rtx_pt) {
-                (Some(rtx), Some(rtx_pt)) => {
-                    let header = Header {
-                        ssrc: rtx,
-                        pt: rtx_pt,
-                        seq: stream.rtx_seq,
-                        ts: sent.ts,
-                        marker: sent.marker,
-                    };
-                    stream.rtx_seq += 1;
-                    (header, Some(sent.seq as u16))
-                }
-                _ => (
-                    Header {
-                        ssrc: stream.ids.ssrc,
-                        pt: sent.pt,
-                        seq: sent.seq,
-                        ts: sent.ts,
-                        marker: sent.marker,
-                    },
-                    None,
-                ),
-            };
-            let datagram = seal(
-                &self.srtp,
-                stream,
-                header,
-                &ExtensionValues::default(),
-                osn,
-                &sent.payload,
-                sent.vp8,
-            );
-            self.out.push_back(Transmit {
-                proto: Protocol::Udp,
-                source,
-                destination,
-                contents: datagram.into(),
-            });
+        let Some(rtx) = stream.ids.rtx else {
+            return;
+        };
+        let budget = stream.resend_budget;
+        let Some(sent) = stream.kept(seq) else {
+            return;
+        };
+        let size = sent.payload.len() as f64;
+        let recent = sent
+            .resent_at
+            .is_some_and(|t| now.saturating_duration_since(t) < RESEND_INTERVAL);
+        if recent || size > budget || now.saturating_duration_since(sent.at) > HISTORY {
+            return;
         }
+        sent.resent_at = Some(now);
+        let sent = sent.clone();
+        stream.resend_budget -= size;
+        let rtx_seq = stream.rtx_seq;
+        stream.rtx_seq += 1;
+        if !stream.rtx_sealed.mark(rtx_seq) {
+            return;
+        }
+        let datagram = seal(
+            &self.send,
+            stream,
+            Header {
+                ssrc: rtx,
+                pt: sent.rtx_pt,
+                seq: rtx_seq,
+                ts: sent.ts,
+                marker: sent.marker,
+            },
+            Extensions {
+                video_orientation: sent.video_orientation,
+                ..Extensions::default()
+            },
+            Some(sent.seq as u16),
+            &sent.payload,
+            sent.vp8,
+        );
+        self.out.push_back(Transmit {
+            proto: Protocol::Udp,
+            source,
+            destination,
+            contents: datagram.into(),
+        });
     }
 
     /// The next datagram made.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
     }
+}
+
+/// The header extension values a datagram carries (besides the mid).
+#[derive(Debug, Clone, Copy, Default)]
+struct Extensions {
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    video_orientation: Option<VideoOrientation>,
 }
 
 /// The fixed RTP header fields of one datagram.
@@ -331,20 +470,20 @@ struct Header {
     marker: bool,
 }
 
-/// Build and seal one RTP datagram of `stream`: header, the extensions of
-/// `ext` the viewer negotiated (and the mid), the original sequence number
+/// Build and seal one RTP datagram of `stream`: header, the extensions
+/// of `ext` the viewer negotiated (and the mid), the original sequence number
 /// first on an RTX stream (`osn`), then the payload with its VP8 ids
 /// rewritten.
 fn seal(
-    srtp: &SrtpSender,
+    srtp: &SrtpContext,
     stream: &Stream,
     header: Header,
-    ext: &ExtensionValues,
+    ext: Extensions,
     osn: Option<u16>,
     payload: &[u8],
     vp8: Option<(Option<u16>, Option<u8>)>,
 ) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(RTP_HEADER + 24 + 2 + payload.len() + TAG_LEN);
+    let mut buf = Vec::with_capacity(RTP_HEADER + MAX_EXTENSIONS + 2 + payload.len() + TAG_LEN);
     buf.extend_from_slice(&[0x80, (u8::from(header.marker) << 7) | (header.pt & 0x7f)]);
     buf.extend_from_slice(&(header.seq as u16).to_be_bytes());
     buf.extend_from_slice(&header.ts.to_be_bytes());
@@ -371,7 +510,7 @@ fn seal(
 /// Append the one-byte header extension block (RFC 8285) for the mid,
 /// audio level and video orientation, and set the header's X bit; nothing
 /// when there is none to write.
-fn write_extensions(buf: &mut Vec<u8>, stream: &Stream, ext: &ExtensionValues) {
+fn write_extensions(buf: &mut Vec<u8>, stream: &Stream, ext: Extensions) {
     let start = buf.len();
     buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
     let ids = stream.ext;
@@ -503,13 +642,29 @@ mod tests {
                 rtx: None,
             },
             ext,
+            mid_bytes: b"1".to_vec(),
             packets: 0,
             octets: 0,
             last: None,
+            sealed: Sealed::default(),
             history: VecDeque::new(),
             rtx_seq: 0,
-            mid_bytes: b"1".to_vec(),
+            rtx_sealed: Sealed::default(),
+            resend_budget: 0.0,
         }
+    }
+
+    #[test]
+    fn no_sequence_number_is_sealed_twice() {
+        let mut sealed = Sealed::default();
+        assert!(sealed.mark(100));
+        assert!(sealed.mark(102));
+        assert!(sealed.mark(101), "late but new");
+        assert!(!sealed.mark(101));
+        assert!(!sealed.mark(100));
+        assert!(sealed.mark(200));
+        assert!(!sealed.mark(102), "too old to tell");
+        assert!(!sealed.mark(200));
     }
 
     #[test]
@@ -520,12 +675,12 @@ mod tests {
             audio_level: Some(1),
             video_orientation: None,
         });
-        let ext = ExtensionValues {
+        let ext = Extensions {
             audio_level: Some(-30),
             voice_activity: Some(true),
-            ..ExtensionValues::default()
+            video_orientation: None,
         };
-        write_extensions(&mut buf, &s, &ext);
+        write_extensions(&mut buf, &s, ext);
         assert_eq!(buf[0], 0x90, "X bit");
         assert_eq!(
             buf[RTP_HEADER..],
@@ -536,13 +691,13 @@ mod tests {
             audio_level: Some(1),
             ..ExtIds::default()
         });
-        write_extensions(&mut padded, &audio_only, &ext);
+        write_extensions(&mut padded, &audio_only, ext);
         assert_eq!(
             padded[RTP_HEADER..],
             [0xbe, 0xde, 0, 1, 0x10, 0x80 | 30, 0, 0]
         );
         let mut none = vec![0x80; RTP_HEADER];
-        write_extensions(&mut none, &stream(ExtIds::default()), &ext);
+        write_extensions(&mut none, &stream(ExtIds::default()), ext);
         assert_eq!(none, vec![0x80; RTP_HEADER]);
     }
 

@@ -9,10 +9,10 @@
 
 pub mod demux;
 mod dtls;
-pub mod egress;
+mod egress;
 pub mod negotiate;
 pub mod session;
-pub mod srtp;
+mod srtp;
 pub mod trickle;
 
 pub use dtls::DtlsSetup;

@@ -62,8 +62,7 @@ impl std::error::Error for NegotiateError {}
 /// Build an RTP-mode, ICE-lite [`Rtc`] with the server's candidates (and
 /// a bandwidth estimator for viewers, when configured). A viewer without
 /// estimation also gets the slot its SRTP keys will be reported to, for
-/// the direct egress (`crate::egress`), and str0m reports the RTCP it
-/// receives (NACKs).
+/// the direct egress (`crate::egress`).
 pub(crate) fn new_rtc(
     config: &SessionConfig,
     role: Role,
@@ -82,9 +81,7 @@ pub(crate) fn new_rtc(
         .enable_bwe(bwe);
     let direct_egress = role == Role::Viewer && bwe.is_none();
     if direct_egress {
-        builder = builder
-            .set_extension_map(without_estimation_extensions())
-            .enable_raw_packets(true);
+        builder = builder.set_extension_map(without_estimation_extensions());
     }
     let (mut rtc, keys) = if direct_egress {
         let (rtc, keys) = crate::dtls::capture_keys(|| builder.build(now));

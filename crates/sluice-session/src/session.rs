@@ -9,8 +9,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::rtcp::{Nack, Rtcp};
-use str0m::rtp::{ExtensionValues, RawPacket, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use sluice_router::{Codec, Rewritten};
@@ -18,20 +17,10 @@ use sluice_router::{Codec, Rewritten};
 use crate::dtls::KeySlot;
 use crate::egress::{self, Egress, OutPacket, Route, StreamIds};
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
-use crate::srtp::SrtpSender;
 use crate::trickle::{self, SdpFrag};
 
 /// Most simulcast layers a track may have (browsers send up to three).
 const MAX_LAYERS: usize = 4;
-/// How long a viewer's sent video stays available for NACK resends. A
-/// second covers a few round trips of any usable path (libwebrtc keeps
-/// about as long: the larger of 1 s and three round trips).
-const RESEND_HISTORY: Duration = Duration::from_secs(1);
-/// Upper bound on packets in that history (about 12 Mbit/s of video).
-const RESEND_PACKETS: usize = 1024;
-/// Resends queued beyond this share of what is sent are dropped (str0m's
-/// default).
-const RESEND_RATIO_CAP: f32 = 0.15;
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +148,8 @@ pub struct Session {
     keys: Option<KeySlot>,
     /// The direct egress (see [`crate::egress`]), once set up.
     egress: Option<Egress>,
+    /// The time of the last input, for what the session does on its own.
+    clock: Instant,
 }
 
 impl std::fmt::Debug for Session {
@@ -201,6 +192,7 @@ impl Session {
             route: None,
             keys,
             egress: None,
+            clock: now,
         };
         for mid in offered {
             // Data channels have no media entry.
@@ -243,7 +235,7 @@ impl Session {
         Ok((session, answer))
     }
 
-    /// Keep sent video for resends for [`RESEND_HISTORY`] rather than
+    /// Keep sent video for resends for [`egress::HISTORY`] rather than
     /// str0m's default of 3 s: the history is per viewer, so it is most of
     /// a viewer's memory.
     fn limit_resend_history(&mut self) {
@@ -252,7 +244,11 @@ impl Session {
                 continue;
             }
             if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                stream.set_rtx_cache(RESEND_PACKETS, RESEND_HISTORY, Some(RESEND_RATIO_CAP));
+                stream.set_rtx_cache(
+                    egress::HISTORY_PACKETS,
+                    egress::HISTORY,
+                    Some(egress::RESEND_SHARE as f32),
+                );
             }
         }
     }
@@ -385,7 +381,17 @@ impl Session {
             return;
         };
         self.last_receive = now;
+        self.clock = now;
         self.rtc_timeout = None;
+        if let (Some(egress), Some(route)) = (&mut self.egress, self.route)
+            && egress::is_rtcp(datagram)
+        {
+            let received = egress.on_rtcp(route, datagram, now);
+            if received > 0 {
+                self.pending
+                    .push_back(SessionEvent::Nacks { received, sent: 0 });
+            }
+        }
         let input = Input::Receive(
             now,
             Receive {
@@ -405,6 +411,7 @@ impl Session {
         if self.closed.is_some() {
             return;
         }
+        self.clock = self.clock.max(now);
         if now.saturating_duration_since(self.last_receive) >= self.consent_timeout {
             self.close(CloseReason::ConsentExpired);
             return;
@@ -473,7 +480,7 @@ impl Session {
                         self.route = Some((t.source, t.destination));
                     }
                     if let Some(egress) = &self.egress {
-                        egress.correct_sender_reports(&mut t, Instant::now());
+                        egress.correct_sender_reports(&mut t, self.clock);
                     }
                     return SessionOutput::Transmit(t);
                 }
@@ -492,17 +499,11 @@ impl Session {
                 self.start_egress();
                 Some(SessionEvent::Connected)
             }
-            Event::RawPacket(raw) => {
-                let (RawPacket::RtcpRx(Rtcp::Nack(nack)), Some(egress), Some(route)) =
-                    (*raw, &mut self.egress, self.route)
-                else {
-                    return None;
-                };
-                egress.on_nack(route, *nack.ssrc, nacked(&nack));
-                Some(SessionEvent::Nacks {
-                    received: 1,
-                    sent: 0,
-                })
+            // The peer closed DTLS: media stops, as str0m's own egress
+            // stops; the session lasts until DELETE or the consent timeout.
+            Event::Closed => {
+                self.egress = None;
+                None
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.close(CloseReason::Disconnected);
@@ -619,9 +620,6 @@ impl Session {
             return; // not yet
         };
         self.keys = None;
-        let Some(srtp) = SrtpSender::new(&keys) else {
-            return;
-        };
         let mut streams = Vec::new();
         for (mid, _) in self.send_tracks() {
             if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
@@ -633,9 +631,20 @@ impl Session {
             }
         }
         let rtc = &self.rtc;
-        self.egress = Some(Egress::new(srtp, &streams, |mid| {
+        self.egress = Egress::new(&keys, &streams, |mid| {
             rtc.media(mid).map(|m| m.remote_extmap().clone())
-        }));
+        });
+        if self.egress.is_none() {
+            return;
+        }
+        // What str0m sent before keeps no resends: str0m's resend stream
+        // would share the egress's SSRC and key with a counter of its own.
+        self.rtc_timeout = None;
+        for (mid, _) in self.send_tracks() {
+            if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                stream.set_rtx_cache(1, Duration::ZERO, None);
+            }
+        }
     }
 
     /// Send `rtp` (a publisher's packet) on `mid` with the header fields
@@ -736,17 +745,6 @@ impl Session {
         stream.write_rtp(write);
         true
     }
-}
-
-/// The sequence numbers a NACK asks for (RFC 4585 section 6.2.1).
-fn nacked(nack: &Nack) -> impl Iterator<Item = u16> + '_ {
-    nack.reports.iter().flat_map(|entry| {
-        std::iter::once(entry.pid).chain(
-            (0..16u16)
-                .filter(move |bit| entry.blp & (1 << bit) != 0)
-                .map(move |bit| entry.pid.wrapping_add(bit + 1)),
-        )
-    })
 }
 
 /// The router's view of a str0m codec.

@@ -1,8 +1,9 @@
-//! The sending half of SRTP for a viewer's direct egress
-//! ([`crate::egress`]): session keys derived from the DTLS-SRTP export
-//! (RFC 3711 section 4.3, RFC 5764), RTP packets sealed in place with the
-//! AEAD AES-GCM transforms of RFC 7714, and SRTCP packets opened and
-//! sealed again so sender reports can be corrected before they leave.
+//! SRTP for a viewer's direct egress ([`crate::egress`]): session keys
+//! derived from the DTLS-SRTP export (RFC 3711 section 4.3, RFC 5764), RTP
+//! packets sealed in place with the AEAD AES-GCM transforms of RFC 7714,
+//! SRTCP packets opened and sealed again so sender reports can be
+//! corrected before they leave, and the viewer's SRTCP opened to read its
+//! NACKs.
 //!
 //! Only the AEAD profiles are handled; a session that negotiated
 //! AES_CM_128_HMAC_SHA1_80 keeps str0m's egress.
@@ -29,13 +30,15 @@ pub enum Profile {
     AeadAes128Gcm,
     /// AEAD_AES_256_GCM (RFC 7714).
     AeadAes256Gcm,
+    /// A profile added to the DTLS library after this code was written.
+    Other,
 }
 
 impl Profile {
     /// Bytes of a master key, for the AEAD profiles.
     fn key_len(self) -> Option<usize> {
         match self {
-            Profile::Aes128CmSha1_80 => None,
+            Profile::Aes128CmSha1_80 | Profile::Other => None,
             Profile::AeadAes128Gcm => Some(16),
             Profile::AeadAes256Gcm => Some(32),
         }
@@ -44,7 +47,6 @@ impl Profile {
 
 /// What a DTLS-SRTP handshake exported (RFC 5764 section 4.2): client and
 /// server master keys, then client and server master salts.
-#[derive(Clone, PartialEq, Eq)]
 pub struct SrtpKeys {
     /// The negotiated profile.
     pub profile: Profile,
@@ -84,36 +86,41 @@ impl Sealer {
     }
 }
 
-/// The keys this side sends with: seals RTP, and opens and reseals the
-/// SRTCP packets str0m writes.
-pub struct SrtpSender {
+/// The keys of one direction: this side's, to seal RTP and reseal the
+/// SRTCP str0m writes, or the peer's, to open the SRTCP it sends.
+pub struct SrtpContext {
     rtp: Sealer,
     rtcp: Sealer,
 }
 
-impl std::fmt::Debug for SrtpSender {
+impl std::fmt::Debug for SrtpContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SrtpSender")
+        f.write_str("SrtpContext")
     }
 }
 
-/// Session key labels (RFC 3711 section 4.3.1).
+/// Session key label of the SRTP encryption key (RFC 3711 section 4.3.1).
 const LABEL_RTP_KEY: u8 = 0;
+/// Session key label of the SRTP salt.
 const LABEL_RTP_SALT: u8 = 2;
+/// Session key label of the SRTCP encryption key.
 const LABEL_RTCP_KEY: u8 = 3;
+/// Session key label of the SRTCP salt.
 const LABEL_RTCP_SALT: u8 = 5;
 
-impl SrtpSender {
-    /// The sending keys of `keys`; `None` for a profile this module does
-    /// not handle or keying material of the wrong length.
-    pub fn new(keys: &SrtpKeys) -> Option<SrtpSender> {
+impl SrtpContext {
+    /// The keys of `keys` this side sends with (`sending`) or receives
+    /// with; `None` for a profile this module does not handle or keying
+    /// material of the wrong length.
+    pub fn new(keys: &SrtpKeys, sending: bool) -> Option<SrtpContext> {
         let key_len = keys.profile.key_len()?;
         let m = &keys.material;
         if m.len() != 2 * (key_len + SALT_LEN) {
             return None;
         }
-        // Client key, server key, client salt, server salt.
-        let (key_at, salt_at) = if keys.client {
+        // Client key, server key, client salt, server salt; the client
+        // sends with the first of each.
+        let (key_at, salt_at) = if keys.client == sending {
             (0, 2 * key_len)
         } else {
             (key_len, 2 * key_len + SALT_LEN)
@@ -135,7 +142,7 @@ impl SrtpSender {
                 salt: session_salt,
             })
         };
-        Some(SrtpSender {
+        Some(SrtpContext {
             rtp: sealer(LABEL_RTP_KEY, LABEL_RTP_SALT)?,
             rtcp: sealer(LABEL_RTCP_KEY, LABEL_RTCP_SALT)?,
         })
@@ -160,11 +167,31 @@ impl SrtpSender {
         }
     }
 
-    /// Decrypt the SRTCP packet in `packet` in place, hand its plain RTCP
-    /// (header included) to `edit`, and seal it again under the same
-    /// index. Returns false, leaving `packet` as it was, if it is not an
+    /// Decrypt the SRTCP packet in `packet`, hand its plain RTCP (header
+    /// included) to `edit`, and seal it again under the same index.
+    /// Returns false, leaving `packet` as it was, if it is not an
     /// encrypted SRTCP packet sealed with these keys.
     pub fn reseal_rtcp(&self, packet: &mut [u8], edit: impl FnOnce(&mut [u8])) -> bool {
+        // Opening wipes the body when the tag is wrong: keep the original.
+        let original = packet.to_vec();
+        let resealed = self.reseal_in_place(packet, edit);
+        if !resealed {
+            packet.copy_from_slice(&original);
+        }
+        resealed
+    }
+
+    /// The plain RTCP (header included) of the SRTCP packet `packet`, or
+    /// `None` if it is not an encrypted SRTCP packet sealed with these keys.
+    pub fn open_rtcp(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let mut plain = packet.to_vec();
+        let mut opened = None;
+        self.reseal_in_place(&mut plain, |rtcp| opened = Some(rtcp.to_vec()));
+        opened
+    }
+
+    /// [`SrtpContext::reseal_rtcp`] without restoring `packet` on failure.
+    fn reseal_in_place(&self, packet: &mut [u8], edit: impl FnOnce(&mut [u8])) -> bool {
         let len = packet.len();
         if len < RTCP_CLEAR + TAG_LEN + SRTCP_TRAILER {
             return false;
@@ -291,8 +318,8 @@ mod tests {
 
     #[test]
     fn the_two_sides_use_different_halves() {
-        let client = SrtpSender::new(&keys(Profile::AeadAes256Gcm, true)).unwrap();
-        let server = SrtpSender::new(&keys(Profile::AeadAes256Gcm, false)).unwrap();
+        let client = SrtpContext::new(&keys(Profile::AeadAes256Gcm, true), true).unwrap();
+        let server = SrtpContext::new(&keys(Profile::AeadAes256Gcm, false), true).unwrap();
         let mut a = vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 3];
         let mut b = a.clone();
         client.seal_rtp(&mut a, 12, 7, 1);
@@ -309,15 +336,15 @@ mod tests {
             material: vec![0; 60],
             client: true,
         };
-        assert!(SrtpSender::new(&cm).is_none());
+        assert!(SrtpContext::new(&cm, true).is_none());
         let mut short = keys(Profile::AeadAes128Gcm, true);
         short.material.pop();
-        assert!(SrtpSender::new(&short).is_none());
+        assert!(SrtpContext::new(&short, true).is_none());
     }
 
     #[test]
     fn srtcp_reseals_under_the_same_index_after_an_edit() {
-        let sender = SrtpSender::new(&keys(Profile::AeadAes128Gcm, false)).unwrap();
+        let sender = SrtpContext::new(&keys(Profile::AeadAes128Gcm, false), true).unwrap();
         // Seal a sender report as SRTCP by hand: clear header, body, tag,
         // E flag with index 5.
         let plain: Vec<u8> = [0x80, 200, 0, 6, 0, 0, 0, 9]
@@ -353,7 +380,16 @@ mod tests {
         assert_eq!(again[8], 0xaa, "the edit was sealed");
         assert_eq!(packet[packet.len() - 4..], trailer);
 
+        // The peer's receiving keys are this side's sending keys.
+        let peer = SrtpContext::new(&keys(Profile::AeadAes128Gcm, true), false).unwrap();
+        let opened = peer.open_rtcp(&packet).unwrap();
+        assert_eq!(opened[8], 0xaa);
+        assert_eq!(opened.len(), plain.len());
+
         packet[10] ^= 1;
+        let tampered = packet.clone();
         assert!(!sender.reseal_rtcp(&mut packet, |_| panic!("tampered")));
+        assert_eq!(packet, tampered, "a failed reseal leaves the packet");
+        assert!(peer.open_rtcp(&packet).is_none());
     }
 }

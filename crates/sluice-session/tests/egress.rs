@@ -15,11 +15,12 @@ use str0m::media::MediaTime;
 use str0m::{Event, Input, Output, Rtc};
 
 /// What the viewer's client got: sequence number and payload of each
-/// packet, and the sender report fields it last saw.
+/// packet, and each new sender report (packet count, RTP time) with the
+/// RTP timestamp of the packet it first came with.
 #[derive(Default)]
 struct Received {
     packets: Vec<(u64, Vec<u8>)>,
-    last_report: Option<(u32, u64)>,
+    reports: Vec<(u32, u64, u32)>,
 }
 
 /// Move everything `client` has for the server into `session`.
@@ -36,7 +37,12 @@ fn client_to_server(
             Output::Transmit(t) => session.handle_datagram(now, peer, server, &t.contents),
             Output::Event(Event::RtpPacket(p)) => {
                 if let Some(info) = p.last_sender_info {
-                    received.last_report = Some((info.sender_packet_count, info.rtp_time.numer()));
+                    let report = (info.sender_packet_count, info.rtp_time.numer());
+                    if received.reports.last().map(|r| (r.0, r.1)) != Some(report) {
+                        received
+                            .reports
+                            .push((report.0, report.1, p.header.timestamp));
+                    }
                 }
                 received.packets.push((*p.seq_no, p.payload.to_vec()));
             }
@@ -77,7 +83,7 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
             .write(
                 pt,
                 now,
-                MediaTime::from_90khz(u64::from(frame) * 3000),
+                MediaTime::from_90khz(u64::from(frame) * 900),
                 payload,
             )
             .unwrap();
@@ -143,12 +149,12 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
         assert_eq!(arrived.map(|(_, p)| p), Some(payload), "packet {seq}");
     }
     // Sender reports count what the egress sent (str0m itself sent
-    // nothing) and map to the stream's own RTP time.
-    let (packets, rtp_time) = received.last_report.expect("a sender report");
-    assert!(packets >= 90, "sender report says {packets} packets");
-    let newest_ts = u64::from(299u32 * 3000);
-    assert!(
-        rtp_time > 90_000 && rtp_time <= newest_ts + 90_000,
-        "sender report RTP time {rtp_time}"
-    );
+    // nothing), and their RTP time is that of the packets sent with them
+    // (a frame every 900 ticks, 10 ms at 90 kHz).
+    assert!(received.reports.len() >= 2, "{:?}", received.reports);
+    for &(packets, rtp_time, ts) in &received.reports {
+        assert!(packets >= 50, "a sender report says {packets} packets");
+        let off = rtp_time.abs_diff(u64::from(ts));
+        assert!(off <= 2 * 900, "report RTP time {rtp_time}, packet {ts}");
+    }
 }
