@@ -6,7 +6,8 @@
 #
 #   bash loadtest/bench.sh [a|b|c|d|capacity ...]   (default: a b c d)
 #
-#   a         one simulcast publisher, 700 viewers on one core
+#   a         one simulcast publisher, 700 viewers on one core (VIEWERS=n
+#             changes the count)
 #   b         a 10x10 meeting on the low layer
 #   c         ten audio rooms, 1,000 listeners
 #   d         a join storm of 50 subscribers at once
