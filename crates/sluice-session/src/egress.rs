@@ -358,12 +358,7 @@ impl Egress {
         };
         let mut nacks = 0;
         let mut at = 0;
-        while at + 4 <= rtcp.len() {
-            let words = usize::from(u16::from_be_bytes([rtcp[at + 2], rtcp[at + 3]]));
-            let end = at + 4 * (words + 1);
-            if end > rtcp.len() {
-                break;
-            }
+        while let Some(end) = next_rtcp(&rtcp, at) {
             let generic_nack = rtcp[at] & 0x1f == 1 && rtcp[at + 1] == RTCP_RTPFB;
             if generic_nack && end >= at + 12 {
                 nacks += 1;
@@ -578,17 +573,20 @@ fn patch_vp8(payload: &mut [u8], picture_id: Option<u16>, tl0: Option<u8>) {
     }
 }
 
+/// Where the RTCP packet starting at `at` of the compound packet `rtcp`
+/// ends (its length field, RFC 3550 section 6.4.1), if it is whole.
+fn next_rtcp(rtcp: &[u8], at: usize) -> Option<usize> {
+    let length = rtcp.get(at + 2..at + 4)?;
+    let end = at + 4 * (usize::from(u16::from_be_bytes([length[0], length[1]])) + 1);
+    (end <= rtcp.len()).then_some(end)
+}
+
 /// Give every sender report in the compound RTCP packet `rtcp` that is
 /// about one of `streams` that stream's RTP time for its NTP time (taken
 /// as `now`), packet count and octet count.
 fn correct_sender_reports(rtcp: &mut [u8], streams: &[Stream], now: Instant) {
     let mut at = 0;
-    while at + 4 <= rtcp.len() {
-        let words = usize::from(u16::from_be_bytes([rtcp[at + 2], rtcp[at + 3]]));
-        let end = at + 4 * (words + 1);
-        if end > rtcp.len() {
-            return;
-        }
+    while let Some(end) = next_rtcp(rtcp, at) {
         if rtcp[at + 1] == RTCP_SR && end >= at + 28 {
             let ssrc = u32::from_be_bytes([rtcp[at + 4], rtcp[at + 5], rtcp[at + 6], rtcp[at + 7]]);
             if let Some(stream) = streams.iter().find(|s| s.ids.ssrc == ssrc)
@@ -652,6 +650,16 @@ mod tests {
             rtx_sealed: Sealed::default(),
             resend_budget: 0.0,
         }
+    }
+
+    #[test]
+    fn compound_rtcp_is_walked_by_length_and_cut_packets_end_it() {
+        let two = [0x80, 200, 0, 1, 0, 0, 0, 7, 0x81, 205, 0, 0];
+        assert_eq!(next_rtcp(&two, 0), Some(8));
+        assert_eq!(next_rtcp(&two, 8), Some(12));
+        assert_eq!(next_rtcp(&two, 12), None);
+        assert_eq!(next_rtcp(&two[..10], 8), None, "cut length field");
+        assert_eq!(next_rtcp(&[0x80, 200, 0xff, 0xff], 0), None, "longer than it is");
     }
 
     #[test]
