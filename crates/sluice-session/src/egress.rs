@@ -659,7 +659,11 @@ mod tests {
         assert_eq!(next_rtcp(&two, 8), Some(12));
         assert_eq!(next_rtcp(&two, 12), None);
         assert_eq!(next_rtcp(&two[..10], 8), None, "cut length field");
-        assert_eq!(next_rtcp(&[0x80, 200, 0xff, 0xff], 0), None, "longer than it is");
+        assert_eq!(
+            next_rtcp(&[0x80, 200, 0xff, 0xff], 0),
+            None,
+            "longer than it is"
+        );
     }
 
     #[test]
