@@ -47,6 +47,8 @@ pub(crate) const HISTORY_PACKETS: usize = 1024;
 pub(crate) const RESEND_SHARE: f64 = 0.15;
 /// Resend bytes a stream may spend at once, beyond its share.
 const RESEND_BURST: f64 = 64_000.0;
+/// Most sequence numbers one RTCP datagram's NACKs are acted on for.
+const MAX_NACKED: usize = 256;
 /// Least time between two resends of one packet.
 const RESEND_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes of a fixed RTP header.
@@ -69,6 +71,8 @@ pub struct StreamIds {
     pub ssrc: u32,
     /// The resend (RTX) stream's SSRC, where one was negotiated.
     pub rtx: Option<u32>,
+    /// The highest sequence number sent on it before the egress started.
+    pub written: Option<u64>,
 }
 
 /// Header extension ids a viewer negotiated for the extensions forwarded
@@ -144,6 +148,14 @@ struct Sealed {
 }
 
 impl Sealed {
+    /// A window in which everything up to `highest` counts as sealed.
+    fn after(highest: Option<u64>) -> Sealed {
+        Sealed {
+            highest,
+            recent: if highest.is_some() { u64::MAX } else { 0 },
+        }
+    }
+
     /// Note `seq` as sealed; false if it already was, or is too old to
     /// tell.
     fn mark(&mut self, seq: u64) -> bool {
@@ -183,24 +195,21 @@ struct Stream {
     history: VecDeque<Sent>,
     /// Next sequence number on the RTX stream.
     rtx_seq: u64,
-    rtx_sealed: Sealed,
     /// Resend bytes this stream may still spend.
     resend_budget: f64,
 }
 
 impl Stream {
-    /// The kept packet whose sequence number ends in `seq16`.
+    /// The kept packet whose sequence number ends in `seq16`, found by a
+    /// binary search: the history is in sequence order (a packet the
+    /// publisher reordered sits out of order and may not be found).
     fn kept(&mut self, seq16: u16) -> Option<&mut Sent> {
-        let front = self.history.front()?.seq as u16;
-        let at = usize::from(seq16.wrapping_sub(front));
-        // The history is in sequence order but for reordered packets.
-        if self.history.get(at).is_some_and(|s| s.seq as u16 == seq16) {
-            return self.history.get_mut(at);
-        }
-        self.history
-            .iter_mut()
-            .rev()
-            .find(|s| s.seq as u16 == seq16)
+        let newest = self.history.back()?.seq;
+        // The extended sequence number nearest below the newest.
+        let back = (newest as u16).wrapping_sub(seq16);
+        let seq = newest.checked_sub(u64::from(back))?;
+        let at = self.history.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        self.history.get_mut(at)
     }
 }
 
@@ -257,10 +266,9 @@ impl Egress {
                     packets: 0,
                     octets: 0,
                     last: None,
-                    sealed: Sealed::default(),
+                    sealed: Sealed::after(ids.written),
                     history: VecDeque::new(),
                     rtx_seq: u64::from(rand_u16() & 0x7fff),
-                    rtx_sealed: Sealed::default(),
                     resend_budget: RESEND_BURST,
                 })
                 .collect(),
@@ -357,9 +365,16 @@ impl Egress {
             return 0;
         };
         let mut nacks = 0;
+        let mut asked = 0;
         let mut at = 0;
-        while let Some(end) = next_rtcp(&rtcp, at) {
-            let generic_nack = rtcp[at] & 0x1f == 1 && rtcp[at + 1] == RTCP_RTPFB;
+        while let Some(next) = next_rtcp(&rtcp, at) {
+            let (first, pt) = (rtcp[at], rtcp[at + 1]);
+            let mut end = next;
+            if first & 0x20 != 0 {
+                // Padding: its last byte counts the padding bytes.
+                end -= usize::from(rtcp[end - 1]).min(end - at - 4);
+            }
+            let generic_nack = first >> 6 == 2 && first & 0x1f == 1 && pt == RTCP_RTPFB;
             if generic_nack && end >= at + 12 {
                 nacks += 1;
                 let media =
@@ -377,11 +392,16 @@ impl Egress {
                             .map(move |bit| pid.wrapping_add(bit + 1)),
                     );
                     for seq in lost {
+                        // A bound on the work one datagram can ask for.
+                        asked += 1;
+                        if asked > MAX_NACKED {
+                            return nacks;
+                        }
                         self.resend(route, media, seq, now);
                     }
                 }
             }
-            at = end;
+            at = next;
         }
         nacks
     }
@@ -397,6 +417,9 @@ impl Egress {
             return;
         };
         let budget = stream.resend_budget;
+        if budget < 1.0 {
+            return;
+        }
         let Some(sent) = stream.kept(seq) else {
             return;
         };
@@ -410,11 +433,9 @@ impl Egress {
         sent.resent_at = Some(now);
         let sent = sent.clone();
         stream.resend_budget -= size;
+        // Only ever counts up, so no RTX sequence number is sealed twice.
         let rtx_seq = stream.rtx_seq;
         stream.rtx_seq += 1;
-        if !stream.rtx_sealed.mark(rtx_seq) {
-            return;
-        }
         let datagram = seal(
             &self.send,
             stream,
@@ -638,6 +659,7 @@ mod tests {
                 mid: Mid::from("1"),
                 ssrc: 7,
                 rtx: None,
+                written: None,
             },
             ext,
             mid_bytes: b"1".to_vec(),
@@ -647,7 +669,6 @@ mod tests {
             sealed: Sealed::default(),
             history: VecDeque::new(),
             rtx_seq: 0,
-            rtx_sealed: Sealed::default(),
             resend_budget: 0.0,
         }
     }
@@ -667,6 +688,30 @@ mod tests {
     }
 
     #[test]
+    fn kept_packets_are_found_across_gaps_and_wraps() {
+        let mut s = stream(ExtIds::default());
+        let payload: Arc<[u8]> = Arc::from(&[1u8][..]);
+        for seq in [65_533u64, 65_534, 65_536, 65_537] {
+            s.history.push_back(Sent {
+                seq,
+                ts: 0,
+                rtx_pt: 97,
+                marker: false,
+                payload: payload.clone(),
+                vp8: None,
+                video_orientation: None,
+                at: Instant::now(),
+                resent_at: None,
+            });
+        }
+        assert_eq!(s.kept(0).map(|p| p.seq), Some(65_536), "after the wrap");
+        assert_eq!(s.kept(65_534).map(|p| p.seq), Some(65_534), "before it");
+        assert!(s.kept(65_535).is_none(), "the gap");
+        assert!(s.kept(2).is_none(), "not sent yet");
+        assert!(s.kept(100).is_none());
+    }
+
+    #[test]
     fn no_sequence_number_is_sealed_twice() {
         let mut sealed = Sealed::default();
         assert!(sealed.mark(100));
@@ -677,6 +722,11 @@ mod tests {
         assert!(sealed.mark(200));
         assert!(!sealed.mark(102), "too old to tell");
         assert!(!sealed.mark(200));
+
+        let mut after_str0m = Sealed::after(Some(50));
+        assert!(!after_str0m.mark(50));
+        assert!(!after_str0m.mark(20));
+        assert!(after_str0m.mark(51));
     }
 
     #[test]

@@ -119,6 +119,9 @@ struct Track {
     /// SSRC of the send stream, once looked up by mid: str0m finds a
     /// stream by SSRC in a map, by mid only by walking all of them.
     send_ssrc: Option<Ssrc>,
+    /// Highest sequence number sent through str0m, which the direct
+    /// egress must never seal again.
+    written: Option<u64>,
 }
 
 /// One WebRTC peer connection.
@@ -150,6 +153,8 @@ pub struct Session {
     egress: Option<Egress>,
     /// The time of the last input, for what the session does on its own.
     clock: Instant,
+    /// The peer closed DTLS: no more media goes to it.
+    media_closed: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -193,6 +198,7 @@ impl Session {
             keys,
             egress: None,
             clock: now,
+            media_closed: false,
         };
         for mid in offered {
             // Data channels have no media entry.
@@ -209,6 +215,7 @@ impl Session {
                 rids,
                 out_pt: None,
                 send_ssrc: None,
+                written: None,
             });
         }
         let mids: Vec<(Mid, MediaKind)> = session.tracks.iter().map(|t| (t.mid, t.kind)).collect();
@@ -381,7 +388,7 @@ impl Session {
             return;
         };
         self.last_receive = now;
-        self.clock = now;
+        self.clock = self.clock.max(now);
         self.rtc_timeout = None;
         if let (Some(egress), Some(route)) = (&mut self.egress, self.route)
             && egress::is_rtcp(datagram)
@@ -499,10 +506,11 @@ impl Session {
                 self.start_egress();
                 Some(SessionEvent::Connected)
             }
-            // The peer closed DTLS: media stops, as str0m's own egress
-            // stops; the session lasts until DELETE or the consent timeout.
+            // The peer closed DTLS: media stops (str0m would queue it for
+            // good); the session lasts until DELETE or the consent timeout.
             Event::Closed => {
                 self.egress = None;
+                self.media_closed = true;
                 None
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -517,7 +525,10 @@ impl Session {
                 bps: estimate.as_u64(),
             }),
             // With the direct egress, NACKs are counted as they come.
-            Event::MediaEgressStats(_) if self.egress.is_some() => None,
+            Event::MediaEgressStats(s) if self.egress.is_some() => {
+                self.nack_delta(s.mid, s.rid, true, s.nacks);
+                None
+            }
             Event::MediaEgressStats(s) => {
                 let received = self.nack_delta(s.mid, s.rid, true, s.nacks);
                 (received > 0).then_some(SessionEvent::Nacks { received, sent: 0 })
@@ -627,6 +638,11 @@ impl Session {
                     mid,
                     ssrc: *stream.ssrc(),
                     rtx: stream.rtx().map(|s| *s),
+                    written: self
+                        .tracks
+                        .iter()
+                        .find(|t| t.mid == mid)
+                        .and_then(|t| t.written),
                 });
             }
         }
@@ -653,7 +669,7 @@ impl Session {
     /// extensions go along. The packet is dropped if this peer did not
     /// negotiate the publisher's codec. Returns whether it was queued.
     pub fn write_rtp(&mut self, mid: Mid, rtp: &IncomingRtp, rewritten: &Rewritten) -> bool {
-        if self.closed.is_some() {
+        if self.closed.is_some() || self.media_closed {
             return false;
         }
         let Some(track) = self.tracks.iter().position(|t| t.mid == mid) else {
@@ -731,6 +747,7 @@ impl Session {
             }
         }
         let track = &mut self.tracks[track];
+        track.written = track.written.max(Some(rewritten.seq));
         let mut api = self.rtc.direct_api();
         if let Some(ssrc) = track.send_ssrc
             && let Some(stream) = api.stream_tx(&ssrc)

@@ -185,43 +185,26 @@ impl SrtpContext {
     /// `None` if it is not an encrypted SRTCP packet sealed with these keys.
     pub fn open_rtcp(&self, packet: &[u8]) -> Option<Vec<u8>> {
         let mut plain = packet.to_vec();
-        let mut opened = None;
-        self.reseal_in_place(&mut plain, |rtcp| opened = Some(rtcp.to_vec()));
-        opened
+        let opened = self.open_in_place(&mut plain)?;
+        plain.truncate(opened.end);
+        Some(plain)
     }
 
     /// [`SrtpContext::reseal_rtcp`] without restoring `packet` on failure.
     fn reseal_in_place(&self, packet: &mut [u8], edit: impl FnOnce(&mut [u8])) -> bool {
-        let len = packet.len();
-        if len < RTCP_CLEAR + TAG_LEN + SRTCP_TRAILER {
+        let Some(Opened {
+            end: plain_end,
+            ssrc,
+            index,
+            mut aad,
+        }) = self.open_in_place(packet)
+        else {
             return false;
-        }
-        let trailer: [u8; SRTCP_TRAILER] =
-            packet[len - SRTCP_TRAILER..].try_into().unwrap_or_default();
-        if trailer[0] & 0x80 == 0 {
-            return false; // authenticated only: nothing to edit safely
-        }
-        let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-        let mut index = [0u8; 6];
-        index[2..].copy_from_slice(&trailer);
-        index[2] &= 0x7f;
-        let mut aad = [0u8; RTCP_CLEAR + SRTCP_TRAILER];
-        aad[..RTCP_CLEAR].copy_from_slice(&packet[..RTCP_CLEAR]);
-        aad[RTCP_CLEAR..].copy_from_slice(&trailer);
-        let body = &mut packet[RTCP_CLEAR..len - SRTCP_TRAILER];
-        let opened = self
-            .rtcp
-            .key
-            .open_in_place(self.rtcp.nonce(ssrc, index), Aad::from(aad), body)
-            .is_ok();
-        if !opened {
-            return false;
-        }
-        let plain_end = len - SRTCP_TRAILER - TAG_LEN;
+        };
         edit(&mut packet[..plain_end]);
         aad[..RTCP_CLEAR].copy_from_slice(&packet[..RTCP_CLEAR]);
         let (sealed, tag_out) =
-            packet[RTCP_CLEAR..len - SRTCP_TRAILER].split_at_mut(plain_end - RTCP_CLEAR);
+            packet[RTCP_CLEAR..plain_end + TAG_LEN].split_at_mut(plain_end - RTCP_CLEAR);
         match self.rtcp.key.seal_in_place_separate_tag(
             self.rtcp.nonce(ssrc, index),
             Aad::from(aad),
@@ -234,6 +217,49 @@ impl SrtpContext {
             Err(_) => false,
         }
     }
+
+    /// Decrypt the SRTCP packet in `packet` in place. `None` if it is not
+    /// an encrypted SRTCP packet sealed with these keys (its body may then
+    /// be wiped).
+    fn open_in_place(&self, packet: &mut [u8]) -> Option<Opened> {
+        let len = packet.len();
+        if len < RTCP_CLEAR + TAG_LEN + SRTCP_TRAILER {
+            return None;
+        }
+        let trailer: [u8; SRTCP_TRAILER] = packet[len - SRTCP_TRAILER..].try_into().ok()?;
+        if trailer[0] & 0x80 == 0 {
+            return None; // authenticated only: nothing to edit safely
+        }
+        let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        let mut index = [0u8; 6];
+        index[2..].copy_from_slice(&trailer);
+        index[2] &= 0x7f;
+        let mut aad = [0u8; RTCP_CLEAR + SRTCP_TRAILER];
+        aad[..RTCP_CLEAR].copy_from_slice(&packet[..RTCP_CLEAR]);
+        aad[RTCP_CLEAR..].copy_from_slice(&trailer);
+        let body = &mut packet[RTCP_CLEAR..len - SRTCP_TRAILER];
+        self.rtcp
+            .key
+            .open_in_place(self.rtcp.nonce(ssrc, index), Aad::from(aad), body)
+            .ok()?;
+        Some(Opened {
+            end: len - SRTCP_TRAILER - TAG_LEN,
+            ssrc,
+            index,
+            aad,
+        })
+    }
+}
+
+/// An SRTCP packet decrypted in place, and what sealing it again takes.
+struct Opened {
+    /// Where its plain RTCP ends.
+    end: usize,
+    ssrc: u32,
+    /// Its SRTCP index, as the nonce takes it.
+    index: [u8; 6],
+    /// Its additional authenticated data.
+    aad: [u8; RTCP_CLEAR + SRTCP_TRAILER],
 }
 
 /// Fill `out` with the session key or salt of `label` (RFC 3711 section
