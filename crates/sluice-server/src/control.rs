@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// Where viewers' bandwidth estimates start (bits per second); `None`
     /// turns estimation off.
     pub viewer_bwe_initial_bps: Option<u64>,
+    /// Viewers without estimation get Sluice's direct egress.
+    pub direct_egress: bool,
     /// Capacity limits.
     pub limits: Limits,
 }
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             consent_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(200),
             viewer_bwe_initial_bps: None,
+            direct_egress: false,
             limits: Limits::default(),
         }
     }

@@ -72,6 +72,7 @@ pub fn start(
             candidates: vec![config.candidate_address(local)?],
             consent_timeout: config.consent_timeout,
             viewer_bwe_initial_bps: config.viewer_bwe_initial_bps,
+            direct_egress: config.direct_egress,
         };
         let (tx, rx) = mpsc::channel(1024);
         let shared = shard::Shared {

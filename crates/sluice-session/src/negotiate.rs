@@ -33,6 +33,9 @@ pub struct SessionConfig {
     /// sends) for viewers, starting from this many bits per second; `None`
     /// turns it off.
     pub viewer_bwe_initial_bps: Option<u64>,
+    /// Viewers without an estimator get the direct egress
+    /// (`crate::egress`): Sluice, not str0m, seals their RTP.
+    pub direct_egress: bool,
 }
 
 /// Why an offer was refused. The text is meant for the HTTP client.
@@ -79,10 +82,10 @@ pub(crate) fn new_rtc(
         // Once a second: NACK counts for the metrics.
         .set_stats_interval(Some(Duration::from_secs(1)))
         .enable_bwe(bwe);
-    let direct_egress = role == Role::Viewer && bwe.is_none();
-    if direct_egress {
+    if role == Role::Viewer && bwe.is_none() {
         builder = builder.set_extension_map(without_estimation_extensions());
     }
+    let direct_egress = config.direct_egress && role == Role::Viewer && bwe.is_none();
     let (mut rtc, keys) = if direct_egress {
         let (rtc, keys) = crate::dtls::capture_keys(|| builder.build(now));
         (rtc, Some(keys))

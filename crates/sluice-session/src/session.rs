@@ -141,7 +141,8 @@ pub struct Session {
     closed: Option<CloseReason>,
     close_reported: bool,
     /// str0m's last answer to a poll while nothing has been fed to it
-    /// since: until then, polling and timing it out again is skipped.
+    /// since: until then, polling and timing it out again is skipped
+    /// (viewers on the direct egress only).
     rtc_timeout: Option<Instant>,
     /// Local and remote address of str0m's last DTLS or SRTCP datagram:
     /// the selected route, which the direct egress sends on.
@@ -479,7 +480,11 @@ impl Session {
             };
             match output {
                 Output::Timeout(t) => {
-                    self.rtc_timeout = Some(t);
+                    // Only a viewer on the direct egress gets no str0m work
+                    // per packet; others keep str0m's own pace.
+                    if self.egress.is_some() {
+                        self.rtc_timeout = Some(t);
+                    }
                     return SessionOutput::Timeout(t);
                 }
                 Output::Transmit(mut t) => {

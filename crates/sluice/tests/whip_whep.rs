@@ -510,7 +510,18 @@ async fn ice_restarts_keep_media_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_video_is_repaired_on_both_legs() {
-    let server = TestServer::start().await;
+    lost_video_is_repaired(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_is_repaired_through_the_direct_egress() {
+    lost_video_is_repaired(true).await;
+}
+
+/// Losses on the way in and out are repaired, with the viewer on str0m's
+/// egress or on the direct one (`media.direct_egress`).
+async fn lost_video_is_repaired(direct_egress: bool) {
+    let server = TestServer::start_with(|c| c.media.direct_egress = direct_egress).await;
     // Every 15th video packet is lost on the way in (the server must NACK
     // the publisher) and every 15th on the way out (the server must answer
     // the viewer's NACKs from its retransmission buffer).

@@ -105,6 +105,7 @@ pub fn config(estimation: Option<u64>) -> SessionConfig {
         candidates: vec!["127.0.0.1:5000".parse().unwrap()],
         consent_timeout: Duration::from_secs(30),
         viewer_bwe_initial_bps: estimation,
+        direct_egress: true,
     }
 }
 
