@@ -820,7 +820,6 @@ impl Shard {
             })
     }
 
-    /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
     /// Point every video track of viewer `id` at the layer `choice` names.
     fn choose_layer(&mut self, id: SessionId, choice: LayerChoice) -> Result<(), ControlError> {
         let entry = self.sessions.get(&id).ok_or(ControlError::NotFound)?;
@@ -838,6 +837,7 @@ impl Shard {
         Ok(())
     }
 
+    /// Trickle candidates or restart ICE on a session (RFC 9725 4.4).
     fn patch(
         &mut self,
         id: SessionId,

@@ -31,7 +31,8 @@ pub struct SessionConfig {
     pub consent_timeout: Duration,
     /// Run a bandwidth estimator (TWCC, or REMB when that is all the peer
     /// sends) for viewers, starting from this many bits per second; `None`
-    /// turns it off.
+    /// turns it off, and then a peer's REMB estimates are not reported
+    /// either (nothing would probe beyond them).
     pub viewer_bwe_initial_bps: Option<u64>,
     /// Viewers without an estimator get the direct egress
     /// (`crate::egress`): Sluice, not str0m, seals their RTP.

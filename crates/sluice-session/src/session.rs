@@ -156,6 +156,9 @@ pub struct Session {
     clock: Instant,
     /// The peer closed DTLS: no more media goes to it.
     media_closed: bool,
+    /// A viewer with a bandwidth estimator (see
+    /// [`SessionConfig::viewer_bwe_initial_bps`]).
+    estimating: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -200,6 +203,7 @@ impl Session {
             egress: None,
             clock: now,
             media_closed: false,
+            estimating: role == Role::Viewer && config.viewer_bwe_initial_bps.is_some(),
         };
         for mid in offered {
             // Data channels have no media entry.
@@ -524,9 +528,13 @@ impl Session {
             }
             Event::RtpPacket(packet) => self.on_rtp(packet),
             Event::KeyframeRequest(req) => Some(SessionEvent::KeyframeRequest { mid: req.mid }),
+            // Only a session with its own estimator reports estimates: that
+            // estimator probes for more. A browser's REMB alone stays near
+            // what it receives, so a viewer moved to a low layer could
+            // never move back up.
             Event::EgressBitrateEstimate(
                 BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
-            ) => Some(SessionEvent::BandwidthEstimate {
+            ) if self.estimating => Some(SessionEvent::BandwidthEstimate {
                 bps: estimate.as_u64(),
             }),
             // With the direct egress, NACKs are counted as they come.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use sluice_session::DtlsSetup;
 pub use str0m::IceConnectionState;
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{
@@ -92,6 +93,10 @@ pub struct PeerOptions {
     /// The simulcast layer a viewer asks for (`?layer=` on the WHEP POST:
     /// `q`, `h`, `f` or `auto`); `None` leaves the server's default.
     pub layer: Option<String>,
+    /// A viewer reports this receive estimate (REMB), as a browser does
+    /// when it has no transport-wide feedback to send: its estimate then
+    /// stays near what it receives.
+    pub remb_kbps: Option<u64>,
 }
 
 impl PeerOptions {
@@ -111,6 +116,7 @@ impl PeerOptions {
             clips: false,
             participant: None,
             layer: None,
+            remb_kbps: None,
         }
     }
 }
@@ -350,6 +356,7 @@ impl Peer {
             keep_packets: options.keep_packets,
             clips: options.clips,
             video_codec: options.video,
+            remb: options.remb_kbps.map(|kbps| (Bitrate::kbps(kbps), None)),
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Peer {
@@ -621,6 +628,10 @@ struct PacedPacket {
     ts: u32,
 }
 
+/// How often a viewer with [`PeerOptions::remb_kbps`] reports it (what
+/// Chromium does).
+const REMB_EVERY: Duration = Duration::from_millis(200);
+
 /// Time between video frames (30 fps).
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
 /// Share of the frame interval a frame's packets are spread over. Like a
@@ -678,6 +689,8 @@ struct Driver {
     /// Media are the shipped clips: payloads carry no stamps or tags.
     clips: bool,
     video_codec: VideoCodec,
+    /// The REMB estimate to report and when it last went out.
+    remb: Option<(Bitrate, Option<Instant>)>,
 }
 
 impl Driver {
@@ -799,6 +812,14 @@ impl Driver {
                 }
                 state.first_packet_at.get_or_insert(p.timestamp);
                 if kind == Kind::Video {
+                    if let Some((bitrate, last)) = &mut self.remb
+                        && last
+                            .is_none_or(|t| p.timestamp.saturating_duration_since(t) >= REMB_EVERY)
+                        && let Some(stream) = self.rtc.direct_api().stream_rx(&p.header.ssrc)
+                    {
+                        stream.request_remb(*bitrate);
+                        *last = Some(p.timestamp);
+                    }
                     if self.video_codec.starts_keyframe(&p.payload) {
                         state.first_keyframe_at.get_or_insert(p.timestamp);
                     }

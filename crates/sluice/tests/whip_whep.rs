@@ -214,8 +214,13 @@ async fn settled_layers(peer: &Peer) -> [u64; 4] {
 async fn viewers_choose_their_simulcast_layer() {
     let server = TestServer::start().await;
     let publisher = simulcast_publisher(&server.url, "choice").await;
+    // The low viewer reports what it receives as its estimate, as a
+    // browser does (REMB): without an estimator of its own (the default)
+    // the server must not take that for a limit, or a viewer on q could
+    // never go back up.
     let low = Peer::start(PeerOptions {
         layer: Some("q".into()),
+        remb_kbps: Some(200),
         ..options(&server.url, "choice", false)
     })
     .await
@@ -582,7 +587,7 @@ async fn lost_video_is_repaired(direct_egress: bool) {
         assert_eq!(
             p.seq,
             first + i as u64,
-            "video packet {} never arrived",
+            "video packet {} never arrived (first received: {first})",
             first + i as u64
         );
     }
