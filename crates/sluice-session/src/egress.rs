@@ -200,9 +200,19 @@ struct Stream {
 }
 
 impl Stream {
+    /// Keep `sent` for resends, in sequence order: a packet the publisher
+    /// had to resend arrives after later ones and goes before them.
+    fn keep(&mut self, sent: Sent) {
+        let at = self
+            .history
+            .iter()
+            .rposition(|s| s.seq < sent.seq)
+            .map_or(0, |i| i + 1);
+        self.history.insert(at, sent);
+    }
+
     /// The kept packet whose sequence number ends in `seq16`, found by a
-    /// binary search: the history is in sequence order (a packet the
-    /// publisher reordered sits out of order and may not be found).
+    /// binary search (the history is in sequence order).
     fn kept(&mut self, seq16: u16) -> Option<&mut Sent> {
         let newest = self.history.back()?.seq;
         // The extended sequence number nearest below the newest.
@@ -335,7 +345,7 @@ impl Egress {
             {
                 stream.history.pop_front();
             }
-            stream.history.push_back(Sent {
+            stream.keep(Sent {
                 seq: packet.seq,
                 ts: packet.ts,
                 rtx_pt,
@@ -691,8 +701,9 @@ mod tests {
     fn kept_packets_are_found_across_gaps_and_wraps() {
         let mut s = stream(ExtIds::default());
         let payload: Arc<[u8]> = Arc::from(&[1u8][..]);
-        for seq in [65_533u64, 65_534, 65_536, 65_537] {
-            s.history.push_back(Sent {
+        // 65,536 comes late (the publisher resent it).
+        for seq in [65_533u64, 65_534, 65_537, 65_536] {
+            s.keep(Sent {
                 seq,
                 ts: 0,
                 rtx_pt: 97,
@@ -705,6 +716,7 @@ mod tests {
             });
         }
         assert_eq!(s.kept(0).map(|p| p.seq), Some(65_536), "after the wrap");
+        assert_eq!(s.kept(1).map(|p| p.seq), Some(65_537), "the newest");
         assert_eq!(s.kept(65_534).map(|p| p.seq), Some(65_534), "before it");
         assert!(s.kept(65_535).is_none(), "the gap");
         assert!(s.kept(2).is_none(), "not sent yet");
