@@ -29,9 +29,6 @@ ip link set lo up
 mkdir -p target/bench
 config=target/bench/bench.toml
 cat > "$config" <<'EOF'
-[media]
-direct_egress = true
-
 [limits]
 posts_per_second_per_address = 1000.0
 max_sessions_per_address = 10000

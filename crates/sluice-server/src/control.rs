@@ -62,7 +62,7 @@ impl Default for ServerConfig {
             consent_timeout: Duration::from_secs(30),
             keyframe_interval: Duration::from_millis(200),
             viewer_bwe_initial_bps: None,
-            direct_egress: false,
+            direct_egress: true,
             limits: Limits::default(),
         }
     }

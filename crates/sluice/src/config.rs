@@ -206,7 +206,7 @@ pub struct MediaConfig {
     /// leaves bandwidth estimation, and the layer choice it drives, off.
     pub viewer_start_bitrate_kbps: u64,
     /// Seal viewers' RTP in Sluice rather than str0m (about half the CPU
-    /// per forwarded packet); off by default for now.
+    /// per forwarded packet); on by default.
     pub direct_egress: bool,
 }
 
@@ -247,7 +247,7 @@ impl Default for MediaConfig {
             consent_timeout_secs: 30,
             keyframe_interval_ms: 200,
             viewer_start_bitrate_kbps: 0,
-            direct_egress: false,
+            direct_egress: true,
         }
     }
 }
