@@ -70,10 +70,18 @@ struct Entry {
     next_timeout: Option<Instant>,
     /// The viewer's last bandwidth estimate, bits per second.
     estimate_bps: Option<u64>,
-    /// Whether the session is in the shard's ready list.
-    ready: bool,
     /// When the offer arrived, until the session connects.
     joining_since: Option<Instant>,
+}
+
+/// The publisher packets of one receive batch and the writes the router
+/// made of them, each with the index of its packet.
+#[derive(Default)]
+struct Batch {
+    /// A receive batch is being read: writes wait for its end.
+    open: bool,
+    packets: Vec<IncomingRtp>,
+    writes: Vec<(Forward, u32)>,
 }
 
 /// Owner of the sessions of the rooms placed on this shard.
@@ -92,9 +100,10 @@ pub(crate) struct Shard {
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     events: VecDeque<(SessionId, SessionEvent)>,
     forwards: Vec<Forward>,
+    /// Publisher packets of the current receive batch, and what the
+    /// router made of them (see [`Shard::write_batch`]).
+    batch: Batch,
     outbox: Outbox,
-    /// Viewers that queued packets during the current receive batch.
-    ready: Vec<SessionId>,
     next_id: u64,
     metrics: Metrics,
     tally: Tally,
@@ -172,8 +181,8 @@ impl Shard {
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             forwards: Vec::new(),
+            batch: Batch::default(),
             outbox: Outbox::default(),
-            ready: Vec::new(),
             next_id: 1,
             metrics,
             tally: Tally::default(),
@@ -248,11 +257,12 @@ impl Shard {
     }
 
     /// Handle one received datagram and whatever else is already queued,
-    /// then send everything the batch made the viewers queue, each viewer
-    /// in one go.
+    /// then write and send what the batch brings each viewer, viewer by
+    /// viewer.
     fn on_receive(&mut self, source: SocketAddr, n: usize, buf: &mut [u8]) {
         let now = Instant::now();
         let forwarded = self.tally.packets_forwarded;
+        self.batch.open = true;
         self.dispatch(now, source, &buf[..n]);
         for _ in 1..RECV_BATCH {
             match self.socket.try_recv_from(buf) {
@@ -260,16 +270,8 @@ impl Shard {
                 Err(_) => break,
             }
         }
-        let mut ready = std::mem::take(&mut self.ready);
-        for id in ready.drain(..) {
-            let Some(entry) = self.sessions.get_mut(&id) else {
-                continue;
-            };
-            entry.ready = false;
-            entry.session.handle_timeout(now);
-            self.drive(id);
-        }
-        self.ready = ready; // keeps its capacity
+        self.batch.open = false;
+        self.write_batch(now);
         self.on_timers(now);
         self.outbox.flush(&self.socket);
         if self.tally.packets_forwarded != forwarded {
@@ -493,7 +495,9 @@ impl Shard {
         self.drive(id);
     }
 
-    /// Fan one publisher packet out to its viewers.
+    /// Route one publisher packet: the router decides which viewers get
+    /// it, with what header; the writes wait for the end of the receive
+    /// batch ([`Shard::write_batch`]), or happen at once outside one.
     fn forward(&mut self, publisher: SessionId, rtp: Box<IncomingRtp>, now: Instant) {
         let Some(entry) = self.sessions.get(&publisher) else {
             return;
@@ -521,26 +525,58 @@ impl Shard {
         let mut forwards = std::mem::take(&mut self.forwards);
         self.router
             .on_packet(publication, rtp.layer, &meta, &mut forwards);
-        for f in forwards.drain(..) {
-            let Some(viewer) = self.sessions.get_mut(&f.session) else {
-                continue;
-            };
-            let Some(&mid) = viewer.tracks.get(f.track.0 as usize) else {
-                continue;
-            };
-            if viewer.session.write_rtp(mid, &rtp, &f.rewritten) {
-                self.tally.packets_forwarded += 1;
-                self.tally.bytes_forwarded += packet.payload.len() as u64;
-                // A write only queues the packet: str0m sends it on its
-                // next timeout. Rather than polling the viewer per packet,
-                // `on_receive` times it out once after the whole batch.
-                if !viewer.ready {
-                    viewer.ready = true;
-                    self.ready.push(f.session);
-                }
-            }
+        if !forwards.is_empty() {
+            let index = self.batch.packets.len() as u32;
+            self.batch
+                .writes
+                .extend(forwards.drain(..).map(|forward| (forward, index)));
+            self.batch.packets.push(*rtp);
         }
         self.forwards = forwards;
+        if !self.batch.open {
+            self.write_batch(now);
+        }
+    }
+
+    /// Write the routed packets to their viewers and send them: all of a
+    /// viewer's packets of the batch one after the other, so its state
+    /// (session, streams, keys) is fetched into the cache once per batch
+    /// rather than once per packet, and its datagrams leave together
+    /// (one GSO send where their sizes allow).
+    fn write_batch(&mut self, now: Instant) {
+        let mut writes = std::mem::take(&mut self.batch.writes);
+        // Packet order within each viewer is kept: it is the index order.
+        writes.sort_unstable_by_key(|(f, index)| (f.session, *index));
+        let mut at = 0;
+        while at < writes.len() {
+            let id = writes[at].0.session;
+            let end = at + writes[at..].partition_point(|(f, _)| f.session == id);
+            let Some(viewer) = self.sessions.get_mut(&id) else {
+                at = end;
+                continue;
+            };
+            let mut written = false;
+            for (f, index) in &writes[at..end] {
+                let Some(&mid) = viewer.tracks.get(f.track.0 as usize) else {
+                    continue;
+                };
+                let rtp = &self.batch.packets[*index as usize];
+                if viewer.session.write_rtp(mid, rtp, &f.rewritten) {
+                    self.tally.packets_forwarded += 1;
+                    self.tally.bytes_forwarded += rtp.packet.payload.len() as u64;
+                    written = true;
+                }
+            }
+            if written {
+                // str0m sends what was written through it on a timeout.
+                viewer.session.handle_timeout(now);
+                self.drive(id);
+            }
+            at = end;
+        }
+        writes.clear();
+        self.batch.writes = writes; // keeps its capacity
+        self.batch.packets.clear();
     }
 
     fn on_command(&mut self, command: Command) {
@@ -999,7 +1035,6 @@ impl Shard {
                 publications: Vec::new(),
                 tracks,
                 next_timeout: None,
-                ready: false,
                 estimate_bps: None,
                 joining_since: Some(now),
             },
