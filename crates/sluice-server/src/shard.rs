@@ -550,7 +550,11 @@ impl Shard {
         let mut at = 0;
         while at < writes.len() {
             let id = writes[at].0.session;
-            let end = at + writes[at..].partition_point(|(f, _)| f.session == id);
+            // A viewer's run is short (a few packets): a scan beats a search.
+            let end = writes[at..]
+                .iter()
+                .position(|(f, _)| f.session != id)
+                .map_or(writes.len(), |n| at + n);
             let Some(viewer) = self.sessions.get_mut(&id) else {
                 at = end;
                 continue;
