@@ -184,8 +184,6 @@ impl Sealed {
 struct Stream {
     ids: StreamIds,
     ext: ExtIds,
-    /// The mid as written in the mid header extension.
-    mid_bytes: Vec<u8>,
     /// Packets and payload octets sent, for sender reports.
     packets: u32,
     octets: u32,
@@ -272,7 +270,6 @@ impl Egress {
                         .as_ref()
                         .map(ExtIds::from_map)
                         .unwrap_or_default(),
-                    mid_bytes: ids.mid.as_bytes().to_vec(),
                     packets: 0,
                     octets: 0,
                     last: None,
@@ -541,7 +538,8 @@ fn write_extensions(buf: &mut Vec<u8>, stream: &Stream, ext: Extensions) {
     buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
     let ids = stream.ext;
     if let Some(id) = ids.mid {
-        let mid = &stream.mid_bytes;
+        // The mid's bytes sit in the stream itself: no pointer to follow.
+        let mid = stream.ids.mid.as_bytes();
         if (1..=16).contains(&mid.len()) {
             buf.push((id << 4) | (mid.len() as u8 - 1));
             buf.extend_from_slice(mid);
@@ -672,7 +670,6 @@ mod tests {
                 written: None,
             },
             ext,
-            mid_bytes: b"1".to_vec(),
             packets: 0,
             octets: 0,
             last: None,
