@@ -13,8 +13,9 @@
 #   d         a join storm of 50 subscribers at once
 #   capacity  the capacity search, one simulcast publisher, steps of 150
 #
-# DURATION=20s changes the measurement window. Each run prints the
-# tester's summary; JSON reports go to target/bench/.
+# DURATION=20s changes the measurement window; SERVER=path runs another
+# server binary (to compare two builds, run them in turn). Each run prints
+# the tester's summary; JSON reports go to target/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,7 @@ http=127.0.0.1:18100
 run() {
     local name=$1
     shift
-    taskset -c 0 target/release/sluice serve --config "$config" --http "$http" \
+    taskset -c 0 "${SERVER:-target/release/sluice}" serve --config "$config" --http "$http" \
         --udp 127.0.0.1:0 > "target/bench/$name-server.log" 2>&1 &
     local server=$!
     for _ in $(seq 50); do

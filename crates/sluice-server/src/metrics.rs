@@ -194,7 +194,8 @@ impl Metrics {
                  the last packet it forwarded to the kernel (the server's added latency, \
                  worst packet of the batch)",
                 &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02,
+                    0.025, 0.05, 0.1,
                 ],
             ),
             http_requests: counter_vec(
