@@ -957,6 +957,39 @@ mod tests {
     }
 
     #[test]
+    fn an_ignored_keyframe_request_for_a_new_layer_is_repeated() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let rids = ["q", "h", "f"].map(|s| Some(s.to_string()));
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 5);
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &rids);
+        let mut out = Vec::new();
+        let mut seq = 1;
+        let mut round = |r: &mut Router, at: u64, keyframe: bool| {
+            for layer in 0..3 {
+                r.on_packet(a, layer, &meta(seq, 0, keyframe, t0 + ms(at)), &mut out);
+            }
+            seq += 1;
+        };
+        round(&mut r, 0, true);
+        assert!(r.set_layer_choice(VIEWER, VIDEO, "q".parse().unwrap()));
+        round(&mut r, 10, false);
+        keyframe_requests(&mut r);
+        round(&mut r, 20, true);
+        // Back to auto: f is asked for, and the publisher ignores it
+        // (Chromium drops a request that comes soon after a keyframe). As
+        // long as the viewer waits, the request goes out again each second.
+        assert!(r.set_layer_choice(VIEWER, VIDEO, LayerChoice::Auto));
+        let mut requests = 0;
+        for i in 0..300 {
+            round(&mut r, 30 + i * 10, false);
+            requests += keyframe_requests(&mut r).len();
+        }
+        assert_eq!(requests, 3, "one at once, then one a second for 3 s");
+    }
+
+    #[test]
     fn participant_followers_stay_with_their_participant() {
         let t0 = Instant::now();
         let mut r = Router::new(RouterConfig::default());
