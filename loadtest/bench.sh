@@ -13,8 +13,9 @@
 #   d         a join storm of 50 subscribers at once
 #   capacity  the capacity search, one simulcast publisher, steps of 150
 #
-# DURATION=20s changes the measurement window; SERVER=path runs another
-# server binary (to compare two builds, run them in turn). Each run prints
+# DURATION=20s changes the measurement window; SERVER=path and TESTER=path
+# run another server or tester binary (to compare two builds, run them in
+# turn). Each run prints
 # the tester's summary; JSON reports go to target/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +51,7 @@ run() {
         sleep 0.1
     done
     echo "== $name"
-    taskset -c 1 target/release/sluice-loadtest --url "http://$http" --server-pid "$server" \
+    taskset -c 1 "${TESTER:-target/release/sluice-loadtest}" --url "http://$http" --server-pid "$server" \
         --shared-socket --json "target/bench/$name.json" "$@" || true
     kill "$server"
     wait "$server" || true

@@ -11,7 +11,7 @@
 //! str0m keeps everything else: ICE, DTLS, keyframe requests, receiver
 //! reports and the RTCP it sends. What str0m no longer sees, this module
 //! does for it:
-//! - **Resends.** It keeps a second of sent video per stream and answers
+//! - **Resends.** It keeps 0.9 to 1 s of sent video per stream and answers
 //!   the viewer's NACKs (read from its SRTCP) on the RTX stream, within a
 //!   resend budget of a share of what the stream sent. Without a
 //!   negotiated RTX stream nothing is resent: resending on the stream
@@ -42,6 +42,11 @@ use crate::srtp::{SrtpContext, SrtpKeys, TAG_LEN};
 pub(crate) const HISTORY: Duration = Duration::from_secs(1);
 /// Upper bound on packets in that history (about 12 Mbit/s of video).
 pub(crate) const HISTORY_PACKETS: usize = 1024;
+/// How far ahead of their expiry packets leave the history: those that
+/// would expire within this time go together, so the oldest packet is
+/// looked at about this often rather than on every write (which would
+/// fetch a line of memory per viewer per packet that nothing else needs).
+const EVICT_EVERY: Duration = Duration::from_millis(100);
 /// Share of a stream's payload bytes that may be spent on resends (str0m's
 /// default cap).
 pub(crate) const RESEND_SHARE: f64 = 0.15;
@@ -190,7 +195,7 @@ struct Stream {
     /// RTP time and arrival of the last packet, and the clock rate.
     last: Option<(u32, Instant, u32)>,
     sealed: Sealed,
-    history: VecDeque<Sent>,
+    history: History,
     /// Next sequence number on the RTX stream.
     rtx_seq: u64,
     /// Resend bytes this stream may still spend.
@@ -198,26 +203,73 @@ struct Stream {
 }
 
 impl Stream {
-    /// Keep `sent` for resends, in sequence order: a packet the publisher
-    /// had to resend arrives after later ones and goes before them.
-    fn keep(&mut self, sent: Sent) {
+    fn new(ids: StreamIds, ext: ExtIds) -> Stream {
+        Stream {
+            ids,
+            ext,
+            packets: 0,
+            octets: 0,
+            last: None,
+            sealed: Sealed::after(ids.written),
+            history: History::default(),
+            rtx_seq: u64::from(rand_u16() & 0x7fff),
+            resend_budget: RESEND_BURST,
+        }
+    }
+}
+
+/// A stream's sent video packets kept for resends, in sequence order: each
+/// for at least [`HISTORY`] less [`EVICT_EVERY`] and at most [`HISTORY`],
+/// and no more than [`HISTORY_PACKETS`] of them.
+#[derive(Debug, Default)]
+struct History {
+    sent: VecDeque<Sent>,
+    /// When the oldest packet kept is due to go.
+    evict_after: Option<Instant>,
+}
+
+impl History {
+    /// Keep `sent`, which the stream just sealed; `newest` if no packet of
+    /// a higher sequence number was sealed before it. A packet the
+    /// publisher had to resend arrives after later ones and goes before
+    /// them.
+    fn keep(&mut self, sent: Sent, newest: bool) {
+        if self.sent.len() >= HISTORY_PACKETS || self.evict_after.is_some_and(|t| sent.at > t) {
+            let keep_for = HISTORY.saturating_sub(EVICT_EVERY);
+            while self.sent.len() >= HISTORY_PACKETS
+                || self
+                    .sent
+                    .front()
+                    .is_some_and(|s| sent.at.saturating_duration_since(s.at) > keep_for)
+            {
+                self.sent.pop_front();
+            }
+            self.evict_after = self.sent.front().map(|s| s.at + HISTORY);
+        }
+        if self.sent.is_empty() {
+            self.evict_after = Some(sent.at + HISTORY);
+        }
+        if newest {
+            self.sent.push_back(sent);
+            return;
+        }
         let at = self
-            .history
+            .sent
             .iter()
             .rposition(|s| s.seq < sent.seq)
             .map_or(0, |i| i + 1);
-        self.history.insert(at, sent);
+        self.sent.insert(at, sent);
     }
 
     /// The kept packet whose sequence number ends in `seq16`, found by a
-    /// binary search (the history is in sequence order).
+    /// binary search.
     fn kept(&mut self, seq16: u16) -> Option<&mut Sent> {
-        let newest = self.history.back()?.seq;
+        let newest = self.sent.back()?.seq;
         // The extended sequence number nearest below the newest.
         let back = (newest as u16).wrapping_sub(seq16);
         let seq = newest.checked_sub(u64::from(back))?;
-        let at = self.history.binary_search_by_key(&seq, |s| s.seq).ok()?;
-        self.history.get_mut(at)
+        let at = self.sent.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        self.sent.get_mut(at)
     }
 }
 
@@ -264,19 +316,9 @@ impl Egress {
             receive: SrtpContext::new(keys, false)?,
             streams: streams
                 .iter()
-                .map(|ids| Stream {
-                    ids: *ids,
-                    ext: extmap(ids.mid)
-                        .as_ref()
-                        .map(ExtIds::from_map)
-                        .unwrap_or_default(),
-                    packets: 0,
-                    octets: 0,
-                    last: None,
-                    sealed: Sealed::after(ids.written),
-                    history: VecDeque::new(),
-                    rtx_seq: u64::from(rand_u16() & 0x7fff),
-                    resend_budget: RESEND_BURST,
+                .map(|ids| {
+                    let ext = extmap(ids.mid).as_ref().map(ExtIds::from_map);
+                    Stream::new(*ids, ext.unwrap_or_default())
                 })
                 .collect(),
             out: VecDeque::new(),
@@ -309,6 +351,7 @@ impl Egress {
         if !stream.sealed.mark(packet.seq) {
             return false;
         }
+        let newest = stream.sealed.highest == Some(packet.seq);
         let video_orientation = packet.ext.video_orientation;
         let datagram = seal(
             &self.send,
@@ -334,25 +377,20 @@ impl Egress {
         stream.octets = stream.octets.wrapping_add(size as u32);
         stream.last = Some((packet.ts, packet.arrival, packet.clock_rate));
         if let (true, Some(rtx_pt), Some(_)) = (packet.resendable, packet.rtx_pt, stream.ids.rtx) {
-            while stream.history.len() >= HISTORY_PACKETS
-                || stream
-                    .history
-                    .front()
-                    .is_some_and(|s| packet.arrival.saturating_duration_since(s.at) > HISTORY)
-            {
-                stream.history.pop_front();
-            }
-            stream.keep(Sent {
-                seq: packet.seq,
-                ts: packet.ts,
-                rtx_pt,
-                marker: packet.marker,
-                payload: packet.payload.clone(),
-                vp8: packet.vp8,
-                video_orientation,
-                at: packet.arrival,
-                resent_at: None,
-            });
+            stream.history.keep(
+                Sent {
+                    seq: packet.seq,
+                    ts: packet.ts,
+                    rtx_pt,
+                    marker: packet.marker,
+                    payload: packet.payload.clone(),
+                    vp8: packet.vp8,
+                    video_orientation,
+                    at: packet.arrival,
+                    resent_at: None,
+                },
+                newest,
+            );
             stream.resend_budget =
                 (stream.resend_budget + size as f64 * RESEND_SHARE).min(RESEND_BURST);
         }
@@ -427,7 +465,7 @@ impl Egress {
         if budget < 1.0 {
             return;
         }
-        let Some(sent) = stream.kept(seq) else {
+        let Some(sent) = stream.history.kept(seq) else {
             return;
         };
         let size = sent.payload.len() as f64;
@@ -662,21 +700,26 @@ mod tests {
     }
 
     fn stream(ext: ExtIds) -> Stream {
-        Stream {
-            ids: StreamIds {
-                mid: Mid::from("1"),
-                ssrc: 7,
-                rtx: None,
-                written: None,
-            },
-            ext,
-            packets: 0,
-            octets: 0,
-            last: None,
-            sealed: Sealed::default(),
-            history: VecDeque::new(),
-            rtx_seq: 0,
-            resend_budget: 0.0,
+        let ids = StreamIds {
+            mid: Mid::from("1"),
+            ssrc: 7,
+            rtx: None,
+            written: None,
+        };
+        Stream::new(ids, ext)
+    }
+
+    fn sent(seq: u64, at: Instant) -> Sent {
+        Sent {
+            seq,
+            ts: 0,
+            rtx_pt: 97,
+            marker: false,
+            payload: Arc::from(&[1u8][..]),
+            vp8: None,
+            video_orientation: None,
+            at,
+            resent_at: None,
         }
     }
 
@@ -696,28 +739,45 @@ mod tests {
 
     #[test]
     fn kept_packets_are_found_across_gaps_and_wraps() {
-        let mut s = stream(ExtIds::default());
-        let payload: Arc<[u8]> = Arc::from(&[1u8][..]);
+        let mut h = History::default();
+        let now = Instant::now();
         // 65,536 comes late (the publisher resent it).
-        for seq in [65_533u64, 65_534, 65_537, 65_536] {
-            s.keep(Sent {
-                seq,
-                ts: 0,
-                rtx_pt: 97,
-                marker: false,
-                payload: payload.clone(),
-                vp8: None,
-                video_orientation: None,
-                at: Instant::now(),
-                resent_at: None,
-            });
+        for (seq, newest) in [
+            (65_533u64, true),
+            (65_534, true),
+            (65_537, true),
+            (65_536, false),
+        ] {
+            h.keep(sent(seq, now), newest);
         }
-        assert_eq!(s.kept(0).map(|p| p.seq), Some(65_536), "after the wrap");
-        assert_eq!(s.kept(1).map(|p| p.seq), Some(65_537), "the newest");
-        assert_eq!(s.kept(65_534).map(|p| p.seq), Some(65_534), "before it");
-        assert!(s.kept(65_535).is_none(), "the gap");
-        assert!(s.kept(2).is_none(), "not sent yet");
-        assert!(s.kept(100).is_none());
+        assert_eq!(h.kept(0).map(|p| p.seq), Some(65_536), "after the wrap");
+        assert_eq!(h.kept(1).map(|p| p.seq), Some(65_537), "the newest");
+        assert_eq!(h.kept(65_534).map(|p| p.seq), Some(65_534), "before it");
+        assert!(h.kept(65_535).is_none(), "the gap");
+        assert!(h.kept(2).is_none(), "not sent yet");
+        assert!(h.kept(100).is_none());
+    }
+
+    #[test]
+    fn expired_packets_go_in_chunks_and_the_count_is_bounded() {
+        let mut h = History::default();
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        // One packet every 10 ms for a second: none is older than that.
+        for seq in 0..=100 {
+            h.keep(sent(seq, ms(seq * 10)), true);
+        }
+        assert_eq!(h.kept(0).map(|p| p.seq), Some(0), "a second old");
+        // The first expires: it goes with those that would within 100 ms.
+        h.keep(sent(101, ms(1_010)), true);
+        assert!(h.kept(0).is_none());
+        assert!(h.kept(10).is_none(), "older than 0.9 s at 1.01 s");
+        assert_eq!(h.kept(11).map(|p| p.seq), Some(11));
+        for seq in 102..102 + HISTORY_PACKETS as u64 {
+            h.keep(sent(seq, ms(1_010)), true);
+        }
+        assert_eq!(h.sent.len(), HISTORY_PACKETS);
+        assert!(h.kept(101).is_none(), "the count bound drops the oldest");
     }
 
     #[test]

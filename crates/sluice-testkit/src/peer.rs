@@ -639,6 +639,31 @@ const FRAME_INTERVAL: Duration = Duration::from_millis(33);
 /// packets of one frame go out evenly spaced rather than in one burst.
 const PACING_SHARE: f64 = 0.4;
 
+/// The items of `queues` one from each queue in turn, with the index of
+/// the queue each came from. A browser's pacer serves the streams of one
+/// priority this way (libwebrtc's pacer queue goes round the SSRCs), so a
+/// simulcast frame's full-resolution packets are spread over the whole
+/// pacing window instead of waiting behind the smaller layers' frames.
+fn round_robin<T>(
+    queues: impl IntoIterator<Item = impl IntoIterator<Item = T>>,
+) -> impl Iterator<Item = (usize, T)> {
+    let mut queues: Vec<_> = queues.into_iter().map(IntoIterator::into_iter).collect();
+    let mut next = 0;
+    let mut dry = 0;
+    std::iter::from_fn(move || {
+        while dry < queues.len() {
+            let at = next;
+            next = (next + 1) % queues.len();
+            if let Some(item) = queues[at].next() {
+                dry = 0;
+                return Some((at, item));
+            }
+            dry += 1;
+        }
+        None
+    })
+}
+
 /// The video layers of a publisher of the shipped clips: q, h and f, or
 /// just f.
 fn clip_layers(simulcast: bool) -> Result<Vec<VideoLayer>, PeerError> {
@@ -854,17 +879,20 @@ impl Driver {
     /// Make the next frame of every layer and queue its packets for
     /// [`Driver::send_paced`], the first one due now.
     fn queue_video_frame(&mut self, now: Instant) {
-        for (layer, video) in self.layers.iter_mut().enumerate() {
+        let frames = self.layers.iter_mut().map(|video| {
             let (packets, _, ts) = video.media.next_video_frame(now);
-            for (payload, marker) in packets {
-                self.paced.push_back(PacedPacket {
-                    layer,
-                    payload,
-                    marker,
-                    ts,
-                });
-            }
-        }
+            packets
+                .into_iter()
+                .map(move |(payload, marker)| (payload, marker, ts))
+        });
+        self.paced.extend(
+            round_robin(frames).map(|(layer, (payload, marker, ts))| PacedPacket {
+                layer,
+                payload,
+                marker,
+                ts,
+            }),
+        );
         let count = self.paced.len().max(1) as u32;
         self.pace_gap = FRAME_INTERVAL.mul_f64(PACING_SHARE) / count;
         self.next_paced = now;
@@ -1010,5 +1038,22 @@ impl Driver {
         {
             stream.request_keyframe(KeyframeRequestKind::Pli);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_robin;
+
+    #[test]
+    fn layers_take_turns_until_each_frame_is_sent() {
+        let order: Vec<(usize, char)> =
+            round_robin([vec!['q'], vec!['h', 'i'], vec!['f', 'g', 'k']]).collect();
+        assert_eq!(
+            order,
+            [(0, 'q'), (1, 'h'), (2, 'f'), (1, 'i'), (2, 'g'), (2, 'k')]
+        );
+        assert_eq!(round_robin(Vec::<Vec<u8>>::new()).count(), 0);
+        assert_eq!(round_robin([Vec::<u8>::new(), vec![]]).count(), 0);
     }
 }
