@@ -189,6 +189,9 @@ impl Sealed {
 struct Stream {
     ids: StreamIds,
     ext: ExtIds,
+    /// The mid's bytes for its header extension, made once: reading them
+    /// out of a [`Mid`] trims its padding on every packet.
+    mid: MidBytes,
     /// Packets and payload octets sent, for sender reports.
     packets: u32,
     octets: u32,
@@ -207,6 +210,7 @@ impl Stream {
         Stream {
             ids,
             ext,
+            mid: MidBytes::of(ids.mid),
             packets: 0,
             octets: 0,
             last: None,
@@ -215,6 +219,33 @@ impl Stream {
             rtx_seq: u64::from(rand_u16() & 0x7fff),
             resend_budget: RESEND_BURST,
         }
+    }
+}
+
+/// A mid as the one-byte header extension carries it: 1 to 16 bytes,
+/// inline.
+#[derive(Debug, Clone, Copy)]
+struct MidBytes {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl MidBytes {
+    /// The bytes of `mid`; none if it does not fit an extension element.
+    fn of(mid: Mid) -> MidBytes {
+        let mut bytes = [0; 16];
+        let mid = mid.as_bytes();
+        let len = if (1..=16).contains(&mid.len()) {
+            bytes[..mid.len()].copy_from_slice(mid);
+            mid.len() as u8
+        } else {
+            0
+        };
+        MidBytes { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -575,13 +606,10 @@ fn write_extensions(buf: &mut Vec<u8>, stream: &Stream, ext: Extensions) {
     let start = buf.len();
     buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
     let ids = stream.ext;
-    if let Some(id) = ids.mid {
-        // The mid's bytes sit in the stream itself: no pointer to follow.
-        let mid = stream.ids.mid.as_bytes();
-        if (1..=16).contains(&mid.len()) {
-            buf.push((id << 4) | (mid.len() as u8 - 1));
-            buf.extend_from_slice(mid);
-        }
+    let mid = stream.mid.as_bytes();
+    if let (Some(id), false) = (ids.mid, mid.is_empty()) {
+        buf.push((id << 4) | (mid.len() as u8 - 1));
+        buf.extend_from_slice(mid);
     }
     if let (Some(id), Some(level)) = (ids.audio_level, ext.audio_level) {
         let voice = if ext.voice_activity.unwrap_or(false) {
@@ -830,6 +858,8 @@ mod tests {
         let mut none = vec![0x80; RTP_HEADER];
         write_extensions(&mut none, &stream(ExtIds::default()), ext);
         assert_eq!(none, vec![0x80; RTP_HEADER]);
+        assert_eq!(MidBytes::of(Mid::from("video")).as_bytes(), b"video");
+        assert!(MidBytes::of(Mid::from("")).as_bytes().is_empty());
     }
 
     #[test]
