@@ -12,9 +12,11 @@ use sluice_router::forwarder::Vp8Ids;
 use sluice_router::router::RouterConfig;
 use sluice_router::{Follow, Forwarder, IdMap};
 use sluice_router::{
-    Forward, LayerChoice, MediaKind, PacketMeta, PublicationId, Router, SessionId, TrackId,
+    Forward, LayerChoice, MediaKind, PacketMeta, PublicationId, Router, SessionId, SourceKey,
+    TrackId,
 };
 use sluice_session::demux::stun_server_ufrag;
+use sluice_session::history::{Kept, PacketHistory};
 use sluice_session::{
     CloseReason, IncomingRtp, Mid, Role, SdpFrag, Session, SessionConfig, SessionEvent,
     SessionOutput,
@@ -74,13 +76,14 @@ struct Entry {
     joining_since: Option<Instant>,
 }
 
-/// The publisher packets of one receive batch and the writes the router
-/// made of them, each with the index of its packet.
+/// The publisher packets of one receive batch (with the stream each came
+/// on) and the writes the router made of them, each with the index of its
+/// packet.
 #[derive(Default)]
 struct Batch {
     /// A receive batch is being read: writes wait for its end.
     open: bool,
-    packets: Vec<IncomingRtp>,
+    packets: Vec<(SourceKey, IncomingRtp)>,
     writes: Vec<(Forward, u32)>,
 }
 
@@ -103,6 +106,8 @@ pub(crate) struct Shard {
     /// Publisher packets of the current receive batch, and what the
     /// router made of them (see [`Shard::write_batch`]).
     batch: Batch,
+    /// Forwarded publisher video, kept once for all viewers' resends.
+    history: PacketHistory,
     outbox: Outbox,
     next_id: u64,
     metrics: Metrics,
@@ -182,6 +187,7 @@ impl Shard {
             events: VecDeque::new(),
             forwards: Vec::new(),
             batch: Batch::default(),
+            history: PacketHistory::default(),
             outbox: Outbox::default(),
             next_id: 1,
             metrics,
@@ -442,6 +448,16 @@ impl Shard {
                 nacks.with_label_values(&["from_viewers"]).inc_by(received);
                 nacks.with_label_values(&["to_publishers"]).inc_by(sent);
             }
+            SessionEvent::Resends(resends) => {
+                if let Some(entry) = self.sessions.get_mut(&id) {
+                    for resend in &resends {
+                        if let Some(kept) = self.history.get(resend.source, resend.seq, now) {
+                            entry.session.resend(resend, kept, now);
+                        }
+                    }
+                    self.drive(id);
+                }
+            }
             SessionEvent::Closed(reason) => self.remove(id, reason),
         }
     }
@@ -526,11 +542,29 @@ impl Shard {
         self.router
             .on_packet(publication, rtp.layer, &meta, &mut forwards);
         if !forwards.is_empty() {
+            let source = SourceKey {
+                publication,
+                layer: rtp.layer,
+            };
+            if rtp.params.spec().codec.is_video() {
+                self.history.keep(
+                    source,
+                    Kept {
+                        seq: meta.seq,
+                        ts: meta.ts,
+                        marker: meta.marker,
+                        payload: packet.payload.clone(),
+                        vp8: rtp.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx())),
+                        video_orientation: packet.header.ext_vals.video_orientation,
+                        arrival: now,
+                    },
+                );
+            }
             let index = self.batch.packets.len() as u32;
             self.batch
                 .writes
                 .extend(forwards.drain(..).map(|forward| (forward, index)));
-            self.batch.packets.push(*rtp);
+            self.batch.packets.push((source, *rtp));
         }
         self.forwards = forwards;
         if !self.batch.open {
@@ -564,8 +598,8 @@ impl Shard {
                 let Some(&mid) = viewer.tracks.get(f.track.0 as usize) else {
                     continue;
                 };
-                let rtp = &self.batch.packets[*index as usize];
-                if viewer.session.write_rtp(mid, rtp, &f.rewritten) {
+                let (source, rtp) = &self.batch.packets[*index as usize];
+                if viewer.session.write_rtp(mid, rtp, *source, &f.rewritten) {
                     self.tally.packets_forwarded += 1;
                     self.tally.bytes_forwarded += rtp.packet.payload.len() as u64;
                     written = true;
@@ -1149,6 +1183,7 @@ impl Shard {
                 self.emit(event);
             }
             self.router.unpublish(*publication);
+            self.history.forget(*publication);
         }
         if !entry.publications.is_empty() {
             let _ = self.room_changes.send(entry.room.clone());

@@ -11,9 +11,12 @@
 //! str0m keeps everything else: ICE, DTLS, keyframe requests, receiver
 //! reports and the RTCP it sends. What str0m no longer sees, this module
 //! does for it:
-//! - **Resends.** It keeps 0.9 to 1 s of sent video per stream and answers
-//!   the viewer's NACKs (read from its SRTCP) on the RTX stream, within a
-//!   resend budget of a share of what the stream sent. Without a
+//! - **Resends.** It answers the viewer's NACKs (read from its SRTCP) on
+//!   the RTX stream, within a resend budget of a share of what the stream
+//!   sent. The packets are kept once per publisher stream
+//!   ([`crate::history`]); each viewer stream keeps only how its sequence
+//!   numbers, timestamps and VP8 ids map to the publisher's, so a NACK
+//!   becomes a [`Resend`] for the shard to look up and hand back. Without a
 //!   negotiated RTX stream nothing is resent: resending on the stream
 //!   itself would seal a second packet under the same nonce.
 //! - **Sender reports.** str0m still sends one per stream and second, but
@@ -33,20 +36,11 @@ use str0m::media::Mid;
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, VideoOrientation};
 
+use sluice_router::SourceKey;
+
+use crate::history::Kept;
 use crate::srtp::{SrtpContext, SrtpKeys, TAG_LEN};
 
-/// How long a viewer's sent video stays available for NACK resends (here
-/// and in str0m's egress). A second covers a few round trips of any usable
-/// path (libwebrtc keeps about as long: the larger of 1 s and three round
-/// trips).
-pub(crate) const HISTORY: Duration = Duration::from_secs(1);
-/// Upper bound on packets in that history (about 12 Mbit/s of video).
-pub(crate) const HISTORY_PACKETS: usize = 1024;
-/// How far ahead of their expiry packets leave the history: those that
-/// would expire within this time go together, so the oldest packet is
-/// looked at about this often rather than on every write (which would
-/// fetch a line of memory per viewer per packet that nothing else needs).
-const EVICT_EVERY: Duration = Duration::from_millis(100);
 /// Share of a stream's payload bytes that may be spent on resends (str0m's
 /// default cap).
 pub(crate) const RESEND_SHARE: f64 = 0.15;
@@ -56,6 +50,11 @@ const RESEND_BURST: f64 = 64_000.0;
 const MAX_NACKED: usize = 256;
 /// Least time between two resends of one packet.
 const RESEND_INTERVAL: Duration = Duration::from_millis(20);
+/// Resends a stream remembers, to space out those of one packet.
+const RESENT_REMEMBERED: usize = 32;
+/// Source mappings a stream remembers (one more with each layer or
+/// publisher switch; older ones are past resending).
+const MAPPINGS: usize = 16;
 /// Bytes of a fixed RTP header.
 const RTP_HEADER: usize = 12;
 /// Most bytes of the header extension block: its own header, the mid
@@ -124,22 +123,86 @@ pub struct OutPacket<'a> {
     pub vp8: Option<(Option<u16>, Option<u8>)>,
     /// When the packet reached the server.
     pub arrival: Instant,
-    /// Whether it is kept for resends (video).
-    pub resendable: bool,
+    /// The publisher's stream and header fields, for video (which is
+    /// resent on NACKs); `None` for audio.
+    pub origin: Option<Origin>,
 }
 
-/// A sent packet kept for resends.
-#[derive(Debug, Clone)]
-struct Sent {
+/// Where a forwarded packet came from: the publisher's stream and its own
+/// header fields, which the viewer's are offsets of.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The publisher's stream (publication and layer).
+    pub source: SourceKey,
+    /// The publisher's sequence number (extended).
+    pub seq: u64,
+    /// The publisher's RTP timestamp.
+    pub ts: u32,
+    /// The publisher's VP8 picture id and TL0PICIDX, where its descriptor
+    /// carries them.
+    pub vp8: Option<(Option<u16>, Option<u8>)>,
+}
+
+/// A packet a viewer asked for again (a NACK), to be looked up in the
+/// [`crate::history::PacketHistory`] and passed to [`Egress::resend`].
+#[derive(Debug, Clone, Copy)]
+pub struct Resend {
+    /// The publisher's stream it came from.
+    pub source: SourceKey,
+    /// Its sequence number there.
+    pub seq: u64,
+    /// The viewer's stream and sequence number.
+    ssrc: u32,
+    seq_out: u64,
+    shift: Shift,
+}
+
+/// How a viewer stream's header fields follow from the publisher
+/// stream's: constant between two switches of the viewer's forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shift {
+    source: SourceKey,
     seq: u64,
     ts: u32,
+    /// VP8 picture id (15 bits) and TL0PICIDX offsets, where both sides
+    /// carry them.
+    picture_id: Option<u16>,
+    tl0: Option<u8>,
     rtx_pt: u8,
-    marker: bool,
-    payload: Arc<[u8]>,
-    vp8: Option<(Option<u16>, Option<u8>)>,
-    video_orientation: Option<VideoOrientation>,
-    at: Instant,
-    resent_at: Option<Instant>,
+}
+
+impl Shift {
+    fn between(origin: &Origin, packet: &OutPacket, rtx_pt: u8) -> Shift {
+        let (pid_in, tl0_in) = origin.vp8.unwrap_or_default();
+        let (pid_out, tl0_out) = packet.vp8.unwrap_or_default();
+        Shift {
+            source: origin.source,
+            seq: packet.seq.wrapping_sub(origin.seq),
+            ts: packet.ts.wrapping_sub(origin.ts),
+            picture_id: pid_in.zip(pid_out).map(|(i, o)| o.wrapping_sub(i) & 0x7fff),
+            tl0: tl0_in.zip(tl0_out).map(|(i, o)| o.wrapping_sub(i)),
+            rtx_pt,
+        }
+    }
+
+    /// The viewer's VP8 ids for the publisher's `vp8`.
+    fn vp8(&self, vp8: Option<(Option<u16>, Option<u8>)>) -> Option<(Option<u16>, Option<u8>)> {
+        vp8.map(|(pid, tl0)| {
+            (
+                pid.zip(self.picture_id)
+                    .map(|(p, d)| p.wrapping_add(d) & 0x7fff),
+                tl0.zip(self.tl0).map(|(t, d)| t.wrapping_add(d)),
+            )
+        })
+    }
+}
+
+/// The viewer stream's sequence numbers from `from` on follow the
+/// publisher's by `shift`.
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    from: u64,
+    shift: Shift,
 }
 
 /// Sequence numbers a stream has sealed lately, so that none is sealed
@@ -198,7 +261,10 @@ struct Stream {
     /// RTP time and arrival of the last packet, and the clock rate.
     last: Option<(u32, Instant, u32)>,
     sealed: Sealed,
-    history: History,
+    /// How its sequence numbers map to publisher streams, oldest first.
+    mappings: VecDeque<Mapping>,
+    /// Its sequence numbers resent lately, and when.
+    resent: VecDeque<(u64, Instant)>,
     /// Next sequence number on the RTX stream.
     rtx_seq: u64,
     /// Resend bytes this stream may still spend.
@@ -215,7 +281,8 @@ impl Stream {
             octets: 0,
             last: None,
             sealed: Sealed::after(ids.written),
-            history: History::default(),
+            mappings: VecDeque::new(),
+            resent: VecDeque::new(),
             rtx_seq: u64::from(rand_u16() & 0x7fff),
             resend_budget: RESEND_BURST,
         }
@@ -249,58 +316,36 @@ impl MidBytes {
     }
 }
 
-/// A stream's sent video packets kept for resends, in sequence order: each
-/// for at least [`HISTORY`] less [`EVICT_EVERY`] and at most [`HISTORY`],
-/// and no more than [`HISTORY_PACKETS`] of them.
-#[derive(Debug, Default)]
-struct History {
-    sent: VecDeque<Sent>,
-    /// When the oldest packet kept is due to go.
-    evict_after: Option<Instant>,
-}
-
-impl History {
-    /// Keep `sent`, which the stream just sealed; `newest` if no packet of
-    /// a higher sequence number was sealed before it. A packet the
-    /// publisher had to resend arrives after later ones and goes before
-    /// them.
-    fn keep(&mut self, sent: Sent, newest: bool) {
-        if self.sent.len() >= HISTORY_PACKETS || self.evict_after.is_some_and(|t| sent.at > t) {
-            let keep_for = HISTORY.saturating_sub(EVICT_EVERY);
-            while self.sent.len() >= HISTORY_PACKETS
-                || self
-                    .sent
-                    .front()
-                    .is_some_and(|s| sent.at.saturating_duration_since(s.at) > keep_for)
-            {
-                self.sent.pop_front();
-            }
-            self.evict_after = self.sent.front().map(|s| s.at + HISTORY);
-        }
-        if self.sent.is_empty() {
-            self.evict_after = Some(sent.at + HISTORY);
-        }
-        if newest {
-            self.sent.push_back(sent);
+impl Stream {
+    /// Note that sequence number `seq` follows its publisher stream by
+    /// `shift`.
+    fn map(&mut self, seq: u64, shift: Shift) {
+        if let Some(last) = self.mappings.back()
+            && (last.shift == shift || last.from > seq)
+        {
             return;
         }
-        let at = self
-            .sent
-            .iter()
-            .rposition(|s| s.seq < sent.seq)
-            .map_or(0, |i| i + 1);
-        self.sent.insert(at, sent);
+        if self.mappings.len() >= MAPPINGS {
+            self.mappings.pop_front();
+        }
+        self.mappings.push_back(Mapping { from: seq, shift });
     }
 
-    /// The kept packet whose sequence number ends in `seq16`, found by a
-    /// binary search.
-    fn kept(&mut self, seq16: u16) -> Option<&mut Sent> {
-        let newest = self.sent.back()?.seq;
-        // The extended sequence number nearest below the newest.
-        let back = (newest as u16).wrapping_sub(seq16);
-        let seq = newest.checked_sub(u64::from(back))?;
-        let at = self.sent.binary_search_by_key(&seq, |s| s.seq).ok()?;
-        self.sent.get_mut(at)
+    /// The sealed sequence number nearest below the highest whose low 16
+    /// bits are `seq16`, and how it follows its publisher stream.
+    fn origin_of(&self, seq16: u16) -> Option<(u64, Shift)> {
+        let highest = self.sealed.highest?;
+        let back = (highest as u16).wrapping_sub(seq16);
+        let seq = highest.checked_sub(u64::from(back))?;
+        let mapping = self.mappings.iter().rev().find(|m| m.from <= seq)?;
+        Some((seq, mapping.shift))
+    }
+
+    /// Whether `seq` was resent less than [`RESEND_INTERVAL`] before `now`.
+    fn resent_lately(&self, seq: u64, now: Instant) -> bool {
+        self.resent
+            .iter()
+            .any(|&(s, t)| s == seq && now.saturating_duration_since(t) < RESEND_INTERVAL)
     }
 }
 
@@ -315,6 +360,8 @@ pub struct Egress {
     streams: Vec<Stream>,
     /// Datagrams made and not yet polled.
     out: VecDeque<Transmit>,
+    /// Packets NACKed and not yet handed to [`Egress::take_resends`].
+    wanted: Vec<Resend>,
 }
 
 /// Whether str0m's datagram `transmit` is DTLS or SRTCP, which str0m
@@ -353,6 +400,7 @@ impl Egress {
                 })
                 .collect(),
             out: VecDeque::new(),
+            wanted: Vec::new(),
         })
     }
 
@@ -382,7 +430,6 @@ impl Egress {
         if !stream.sealed.mark(packet.seq) {
             return false;
         }
-        let newest = stream.sealed.highest == Some(packet.seq);
         let video_orientation = packet.ext.video_orientation;
         let datagram = seal(
             &self.send,
@@ -407,21 +454,10 @@ impl Egress {
         stream.packets = stream.packets.wrapping_add(1);
         stream.octets = stream.octets.wrapping_add(size as u32);
         stream.last = Some((packet.ts, packet.arrival, packet.clock_rate));
-        if let (true, Some(rtx_pt), Some(_)) = (packet.resendable, packet.rtx_pt, stream.ids.rtx) {
-            stream.history.keep(
-                Sent {
-                    seq: packet.seq,
-                    ts: packet.ts,
-                    rtx_pt,
-                    marker: packet.marker,
-                    payload: packet.payload.clone(),
-                    vp8: packet.vp8,
-                    video_orientation,
-                    at: packet.arrival,
-                    resent_at: None,
-                },
-                newest,
-            );
+        if let (Some(origin), Some(rtx_pt), Some(_)) =
+            (packet.origin, packet.rtx_pt, stream.ids.rtx)
+        {
+            stream.map(packet.seq, Shift::between(&origin, packet, rtx_pt));
             stream.resend_budget =
                 (stream.resend_budget + size as f64 * RESEND_SHARE).min(RESEND_BURST);
         }
@@ -434,9 +470,10 @@ impl Egress {
         true
     }
 
-    /// Read the viewer's SRTCP datagram `datagram` for NACKs and answer
-    /// them on `route` at `now`. Returns how many NACK messages it held.
-    pub fn on_rtcp(&mut self, route: Route, datagram: &[u8], now: Instant) -> u64 {
+    /// Read the viewer's SRTCP datagram `datagram` for NACKs; the packets
+    /// they ask for wait in [`Egress::take_resends`]. Returns how many NACK
+    /// messages it held.
+    pub fn on_rtcp(&mut self, datagram: &[u8]) -> u64 {
         let Some(rtcp) = self.receive.open_rtcp(datagram) else {
             return 0;
         };
@@ -473,7 +510,7 @@ impl Egress {
                         if asked > MAX_NACKED {
                             return nacks;
                         }
-                        self.resend(route, media, seq, now);
+                        self.want(media, seq);
                     }
                 }
             }
@@ -482,32 +519,59 @@ impl Egress {
         nacks
     }
 
-    /// Resend the packet of `ssrc` whose sequence number ends in `seq` on
-    /// its RTX stream, if it is kept, was not resent in the last
-    /// [`RESEND_INTERVAL`] and the stream's budget allows.
-    fn resend(&mut self, (source, destination): Route, ssrc: u32, seq: u16, now: Instant) {
-        let Some(stream) = self.streams.iter_mut().find(|s| s.ids.ssrc == ssrc) else {
+    /// Note the packet of `ssrc` whose sequence number ends in `seq` as
+    /// asked for, if it went out on a stream with resends.
+    fn want(&mut self, ssrc: u32, seq: u16) {
+        let Some(stream) = self.streams.iter().find(|s| s.ids.ssrc == ssrc) else {
+            return;
+        };
+        if stream.ids.rtx.is_none() || stream.resend_budget < 1.0 {
+            return;
+        }
+        if let Some((seq_out, shift)) = stream.origin_of(seq) {
+            self.wanted.push(Resend {
+                source: shift.source,
+                seq: seq_out.wrapping_sub(shift.seq),
+                ssrc,
+                seq_out,
+                shift,
+            });
+        }
+    }
+
+    /// The packets NACKed since the last call.
+    pub fn take_resends(&mut self) -> Vec<Resend> {
+        std::mem::take(&mut self.wanted)
+    }
+
+    /// Resend `kept`, the publisher's packet `resend` asked for, on the
+    /// RTX stream on `route`, unless it was resent in the last
+    /// [`RESEND_INTERVAL`] or the stream's budget does not allow it.
+    pub fn resend(
+        &mut self,
+        (source, destination): Route,
+        resend: &Resend,
+        kept: &Kept,
+        now: Instant,
+    ) {
+        let Some(stream) = self.streams.iter_mut().find(|s| s.ids.ssrc == resend.ssrc) else {
             return;
         };
         let Some(rtx) = stream.ids.rtx else {
             return;
         };
-        let budget = stream.resend_budget;
-        if budget < 1.0 {
+        let size = kept.payload.len() as f64;
+        let shift = resend.shift;
+        if kept.seq != resend.seq
+            || size > stream.resend_budget
+            || stream.resent_lately(resend.seq_out, now)
+        {
             return;
         }
-        let Some(sent) = stream.history.kept(seq) else {
-            return;
-        };
-        let size = sent.payload.len() as f64;
-        let recent = sent
-            .resent_at
-            .is_some_and(|t| now.saturating_duration_since(t) < RESEND_INTERVAL);
-        if recent || size > budget || now.saturating_duration_since(sent.at) > HISTORY {
-            return;
+        if stream.resent.len() >= RESENT_REMEMBERED {
+            stream.resent.pop_front();
         }
-        sent.resent_at = Some(now);
-        let sent = sent.clone();
+        stream.resent.push_back((resend.seq_out, now));
         stream.resend_budget -= size;
         // Only ever counts up, so no RTX sequence number is sealed twice.
         let rtx_seq = stream.rtx_seq;
@@ -517,18 +581,18 @@ impl Egress {
             stream,
             Header {
                 ssrc: rtx,
-                pt: sent.rtx_pt,
+                pt: shift.rtx_pt,
                 seq: rtx_seq,
-                ts: sent.ts,
-                marker: sent.marker,
+                ts: kept.ts.wrapping_add(shift.ts),
+                marker: kept.marker,
             },
             Extensions {
-                video_orientation: sent.video_orientation,
+                video_orientation: kept.video_orientation,
                 ..Extensions::default()
             },
-            Some(sent.seq as u16),
-            &sent.payload,
-            sent.vp8,
+            Some(resend.seq_out as u16),
+            &kept.payload,
+            shift.vp8(kept.vp8),
         );
         self.out.push_back(Transmit {
             proto: Protocol::Udp,
@@ -737,20 +801,6 @@ mod tests {
         Stream::new(ids, ext)
     }
 
-    fn sent(seq: u64, at: Instant) -> Sent {
-        Sent {
-            seq,
-            ts: 0,
-            rtx_pt: 97,
-            marker: false,
-            payload: Arc::from(&[1u8][..]),
-            vp8: None,
-            video_orientation: None,
-            at,
-            resent_at: None,
-        }
-    }
-
     #[test]
     fn compound_rtcp_is_walked_by_length_and_cut_packets_end_it() {
         let two = [0x80, 200, 0, 1, 0, 0, 0, 7, 0x81, 205, 0, 0];
@@ -766,46 +816,74 @@ mod tests {
     }
 
     #[test]
-    fn kept_packets_are_found_across_gaps_and_wraps() {
-        let mut h = History::default();
+    fn nacked_packets_map_back_to_their_publisher_stream_across_switches() {
+        let mut s = stream(ExtIds::default());
+        let payload: Arc<[u8]> = Arc::from(&[1u8][..]);
+        let ext = ExtensionValues::default();
         let now = Instant::now();
-        // 65,536 comes late (the publisher resent it).
-        for (seq, newest) in [
-            (65_533u64, true),
-            (65_534, true),
-            (65_537, true),
-            (65_536, false),
-        ] {
-            h.keep(sent(seq, now), newest);
+        let source = |layer| SourceKey {
+            publication: sluice_router::PublicationId(4),
+            layer,
+        };
+        // (publisher layer, its seq, ts and picture id; the viewer's seq):
+        // layer 2 until the viewer's 65,536, then layer 1 from its keyframe.
+        let sent = [
+            (2, 1_000, 90_000, 300, 65_534),
+            (2, 1_001, 93_000, 301, 65_535),
+            (2, 1_002, 93_000, 301, 65_536),
+            (1, 7_000, 12_000, 50, 65_537),
+        ];
+        for (layer, seq_in, ts_in, pid_in, seq_out) in sent {
+            let origin = Origin {
+                source: source(layer),
+                seq: seq_in,
+                ts: ts_in,
+                vp8: Some((Some(pid_in), None)),
+            };
+            // The viewer's own numbering: a fixed offset per source.
+            let shifted = |base: u32| ts_in.wrapping_add(base);
+            let packet = OutPacket {
+                pt: 96,
+                rtx_pt: Some(97),
+                clock_rate: 90_000,
+                seq: seq_out,
+                ts: if layer == 2 {
+                    shifted(5)
+                } else {
+                    shifted(90_000)
+                },
+                marker: false,
+                payload: &payload,
+                ext: &ext,
+                vp8: Some((
+                    Some((pid_in + if layer == 2 { 10 } else { 300 }) & 0x7fff),
+                    None,
+                )),
+                arrival: now,
+                origin: Some(origin),
+            };
+            assert!(s.sealed.mark(seq_out));
+            s.map(seq_out, Shift::between(&origin, &packet, 97));
         }
-        assert_eq!(h.kept(0).map(|p| p.seq), Some(65_536), "after the wrap");
-        assert_eq!(h.kept(1).map(|p| p.seq), Some(65_537), "the newest");
-        assert_eq!(h.kept(65_534).map(|p| p.seq), Some(65_534), "before it");
-        assert!(h.kept(65_535).is_none(), "the gap");
-        assert!(h.kept(2).is_none(), "not sent yet");
-        assert!(h.kept(100).is_none());
-    }
-
-    #[test]
-    fn expired_packets_go_in_chunks_and_the_count_is_bounded() {
-        let mut h = History::default();
-        let start = Instant::now();
-        let ms = |n: u64| start + Duration::from_millis(n);
-        // One packet every 10 ms for a second: none is older than that.
-        for seq in 0..=100 {
-            h.keep(sent(seq, ms(seq * 10)), true);
-        }
-        assert_eq!(h.kept(0).map(|p| p.seq), Some(0), "a second old");
-        // The first expires: it goes with those that would within 100 ms.
-        h.keep(sent(101, ms(1_010)), true);
-        assert!(h.kept(0).is_none());
-        assert!(h.kept(10).is_none(), "older than 0.9 s at 1.01 s");
-        assert_eq!(h.kept(11).map(|p| p.seq), Some(11));
-        for seq in 102..102 + HISTORY_PACKETS as u64 {
-            h.keep(sent(seq, ms(1_010)), true);
-        }
-        assert_eq!(h.sent.len(), HISTORY_PACKETS);
-        assert!(h.kept(101).is_none(), "the count bound drops the oldest");
+        assert_eq!(s.mappings.len(), 2, "one mapping per source");
+        let (seq_out, shift) = s.origin_of(0).expect("after the wrap");
+        assert_eq!(seq_out, 65_536);
+        assert_eq!(shift.source, source(2));
+        assert_eq!(seq_out.wrapping_sub(shift.seq), 1_002);
+        assert_eq!(93_000u32.wrapping_add(shift.ts), 93_005);
+        assert_eq!(shift.vp8(Some((Some(301), None))), Some((Some(311), None)));
+        let (seq_out, shift) = s.origin_of(1).expect("the newest");
+        assert_eq!((seq_out, shift.source), (65_537, source(1)));
+        assert_eq!(seq_out.wrapping_sub(shift.seq), 7_000);
+        assert_eq!(shift.vp8(Some((Some(50), None))), Some((Some(350), None)));
+        let (seq_out, _) = s.origin_of(65_534).expect("the oldest");
+        assert_eq!(seq_out, 65_534);
+        assert!(s.origin_of(65_533).is_none(), "sent before any mapping");
+        assert!(s.origin_of(2).is_none(), "not sent yet");
+        assert!(!s.resent_lately(65_536, now));
+        s.resent.push_back((65_536, now));
+        assert!(s.resent_lately(65_536, now + RESEND_INTERVAL / 2));
+        assert!(!s.resent_lately(65_536, now + RESEND_INTERVAL));
     }
 
     #[test]

@@ -10,12 +10,14 @@
 pub mod demux;
 mod dtls;
 mod egress;
+pub mod history;
 pub mod negotiate;
 pub mod session;
 mod srtp;
 pub mod trickle;
 
 pub use dtls::DtlsSetup;
+pub use egress::Resend;
 pub use negotiate::{NegotiateError, Role, SessionConfig};
 pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
 pub use str0m::format::PayloadParams;

@@ -12,10 +12,11 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
-use sluice_router::{Codec, Rewritten};
+use sluice_router::{Codec, Rewritten, SourceKey};
 
 use crate::dtls::KeySlot;
-use crate::egress::{self, Egress, OutPacket, Route, StreamIds};
+use crate::egress::{self, Egress, Origin, OutPacket, Resend, Route, StreamIds};
+use crate::history::{self, Kept};
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
 use crate::trickle::{self, SdpFrag};
 
@@ -92,6 +93,10 @@ pub enum SessionEvent {
         /// NACKs we sent the peer.
         sent: u64,
     },
+    /// Packets the viewer asked for again (NACKs), on the direct egress:
+    /// look each up in the [`history::PacketHistory`] and pass it to
+    /// [`Session::resend`].
+    Resends(Vec<Resend>),
     /// The session is over; nothing more comes out of it.
     Closed(CloseReason),
 }
@@ -247,9 +252,9 @@ impl Session {
         Ok((session, answer))
     }
 
-    /// Keep sent video for resends for [`egress::HISTORY`] rather than
-    /// str0m's default of 3 s: the history is per viewer, so it is most of
-    /// a viewer's memory.
+    /// Keep sent video for resends for [`history::HISTORY`] rather than
+    /// str0m's default of 3 s: str0m's history is per viewer, so it is
+    /// most of a viewer's memory until the direct egress takes over.
     fn limit_resend_history(&mut self) {
         for (mid, kind) in self.send_tracks() {
             if kind != MediaKind::Video {
@@ -257,8 +262,8 @@ impl Session {
             }
             if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
                 stream.set_rtx_cache(
-                    egress::HISTORY_PACKETS,
-                    egress::HISTORY,
+                    history::HISTORY_PACKETS,
+                    history::HISTORY,
                     Some(egress::RESEND_SHARE as f32),
                 );
             }
@@ -395,13 +400,17 @@ impl Session {
         self.last_receive = now;
         self.clock = self.clock.max(now);
         self.rtc_timeout = None;
-        if let (Some(egress), Some(route)) = (&mut self.egress, self.route)
+        if let (Some(egress), Some(_)) = (&mut self.egress, self.route)
             && egress::is_rtcp(datagram)
         {
-            let received = egress.on_rtcp(route, datagram, now);
+            let received = egress.on_rtcp(datagram);
             if received > 0 {
                 self.pending
                     .push_back(SessionEvent::Nacks { received, sent: 0 });
+            }
+            let resends = egress.take_resends();
+            if !resends.is_empty() {
+                self.pending.push_back(SessionEvent::Resends(resends));
             }
         }
         let input = Input::Receive(
@@ -434,6 +443,14 @@ impl Session {
         self.rtc_timeout = None;
         if self.rtc.handle_input(Input::Timeout(now)).is_err() {
             self.close(CloseReason::Disconnected);
+        }
+    }
+
+    /// Resend `kept`, the publisher packet `resend` (from
+    /// [`SessionEvent::Resends`]) asked for, on the direct egress.
+    pub fn resend(&mut self, resend: &Resend, kept: &Kept, now: Instant) {
+        if let (Some(egress), Some(route)) = (&mut self.egress, self.route) {
+            egress.resend(route, resend, kept, now);
         }
     }
 
@@ -679,9 +696,17 @@ impl Session {
     /// Send `rtp` (a publisher's packet) on `mid` with the header fields
     /// the router rewrote for this viewer. The payload is shared, not
     /// copied; the audio level, voice activity and video orientation header
-    /// extensions go along. The packet is dropped if this peer did not
-    /// negotiate the publisher's codec. Returns whether it was queued.
-    pub fn write_rtp(&mut self, mid: Mid, rtp: &IncomingRtp, rewritten: &Rewritten) -> bool {
+    /// extensions go along. `from` is the publisher's stream, whose
+    /// [`history::PacketHistory`] answers the viewer's NACKs. The packet
+    /// is dropped if this peer did not negotiate the publisher's codec.
+    /// Returns whether it was queued.
+    pub fn write_rtp(
+        &mut self,
+        mid: Mid,
+        rtp: &IncomingRtp,
+        from: SourceKey,
+        rewritten: &Rewritten,
+    ) -> bool {
         if self.closed.is_some() || self.media_closed {
             return false;
         }
@@ -726,7 +751,12 @@ impl Session {
                 ext,
                 vp8,
                 arrival: packet.timestamp,
-                resendable: is_video,
+                origin: is_video.then(|| Origin {
+                    source: from,
+                    seq: *packet.seq_no,
+                    ts: packet.header.timestamp,
+                    vp8: rtp.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx())),
+                }),
             };
             return egress.write(route, mid, &written);
         }

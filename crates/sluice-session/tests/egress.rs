@@ -1,7 +1,8 @@
 //! A viewer's direct egress against a str0m client: what a publisher
 //! sends arrives sealed so the client opens it, losses are repaired from
-//! the egress's own resend history, and the sender reports the client gets
-//! describe what the egress sent.
+//! the publisher's packets kept once for all viewers (as the shard keeps
+//! them), and the sender reports the client gets describe what the egress
+//! sent.
 
 mod common;
 
@@ -9,7 +10,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{PEER, SERVER, config, connected, to_client};
-use sluice_router::Rewritten;
+use sluice_router::{PublicationId, Rewritten, SourceKey};
+use sluice_session::history::{Kept, PacketHistory};
 use sluice_session::{MediaKind, Role, Session, SessionEvent, SessionOutput};
 use str0m::media::MediaTime;
 use str0m::{Event, Input, Output, Rtc};
@@ -73,6 +75,11 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
     let mut dropped = 0;
     let mut video_ssrc = None;
     let mut seq = 1_000u64;
+    let source = SourceKey {
+        publication: PublicationId(1),
+        layer: 0,
+    };
+    let mut history = PacketHistory::default();
     for frame in 0..300u32 {
         now += Duration::from_millis(10);
         // The publisher's client sends one small VP8 frame.
@@ -101,7 +108,19 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
                     ts: rtp.packet.header.timestamp,
                     vp8: None,
                 };
-                assert!(viewer.write_rtp(video, rtp, &rewritten));
+                history.keep(
+                    source,
+                    Kept {
+                        seq: *rtp.packet.seq_no,
+                        ts: rtp.packet.header.timestamp,
+                        marker: rtp.packet.header.marker,
+                        payload: rtp.packet.payload.clone(),
+                        vp8: None,
+                        video_orientation: None,
+                        arrival: now,
+                    },
+                );
+                assert!(viewer.write_rtp(video, rtp, source, &rewritten));
                 sent.push((seq, rtp.packet.payload.to_vec()));
                 seq += 1;
             }
@@ -129,6 +148,12 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
                     // holds one received packet per stream until polled).
                     to_client(&mut watcher, now, d);
                     client_to_server(&mut watcher, &mut viewer, now, &mut received);
+                }
+                SessionOutput::Event(SessionEvent::Resends(resends)) => {
+                    for resend in &resends {
+                        let kept = history.get(resend.source, resend.seq, now);
+                        viewer.resend(resend, kept.expect("NACKed packets are kept"), now);
+                    }
                 }
                 SessionOutput::Event(_) => {}
             }
