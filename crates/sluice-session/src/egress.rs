@@ -23,9 +23,10 @@
 //!   it never saw the packets; each is opened, given this module's RTP
 //!   time, packet and octet counts, and sealed again under its own index.
 //!
-//! The route media goes on is the one str0m last sent DTLS or SRTCP on;
-//! after an ICE restart moves it, media follows with str0m's next sender
-//! report (within a second for video, five seconds for audio only).
+//! The route media goes on is the one str0m last sent DTLS or SRTCP on,
+//! or the one the viewer's ICE agent last nominated, from the moment str0m
+//! answers that nomination: a viewer whose network changed gets its media
+//! on the new path at once, not from str0m's next sender report on.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -14,6 +14,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use sluice_router::{Codec, Rewritten, SourceKey};
 
+use crate::demux;
 use crate::dtls::KeySlot;
 use crate::egress::{self, Egress, Origin, OutPacket, Resend, Route, StreamIds};
 use crate::history::{self, Kept};
@@ -149,9 +150,13 @@ pub struct Session {
     /// since: until then, polling and timing it out again is skipped
     /// (viewers on the direct egress only).
     rtc_timeout: Option<Instant>,
-    /// Local and remote address of str0m's last DTLS or SRTCP datagram:
-    /// the selected route, which the direct egress sends on.
+    /// Local and remote address of str0m's last DTLS or SRTCP datagram, or
+    /// of the last nomination str0m answered: the selected route, which
+    /// the direct egress sends on.
     route: Option<Route>,
+    /// The last binding request that nominated a candidate pair, and the
+    /// route it came on: once str0m answers it, media moves there.
+    nominated: Option<(demux::TransactionId, Route)>,
     /// Where this session's DTLS reports its SRTP keys, until the direct
     /// egress is set up (viewers without bandwidth estimation).
     keys: Option<KeySlot>,
@@ -204,6 +209,7 @@ impl Session {
             close_reported: false,
             rtc_timeout: None,
             route: None,
+            nominated: None,
             keys,
             egress: None,
             clock: now,
@@ -400,6 +406,9 @@ impl Session {
         self.last_receive = now;
         self.clock = self.clock.max(now);
         self.rtc_timeout = None;
+        if let Some(id) = demux::nomination(datagram) {
+            self.nominated = Some((id, (destination, source)));
+        }
         if let (Some(egress), Some(_)) = (&mut self.egress, self.route)
             && egress::is_rtcp(datagram)
         {
@@ -511,6 +520,17 @@ impl Session {
                 Output::Transmit(mut t) => {
                     if egress::is_route_probe(&t) {
                         self.route = Some((t.source, t.destination));
+                    }
+                    // str0m answered a nomination (so its credentials were
+                    // right): the peer moved, and str0m sends on the new
+                    // pair from now on, so media does too (rather than
+                    // from str0m's next DTLS or SRTCP datagram on).
+                    if let Some((id, route)) = self.nominated
+                        && demux::binding_success(&t.contents) == Some(id)
+                        && (t.source, t.destination) == route
+                    {
+                        self.nominated = None;
+                        self.route = Some(route);
                     }
                     if let Some(egress) = &self.egress {
                         egress.correct_sender_reports(&mut t, self.clock);

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::{PEER, SERVER, config, connected, to_client};
 use sluice_router::{PublicationId, Rewritten, SourceKey};
+use sluice_session::demux;
 use sluice_session::history::{Kept, PacketHistory};
-use sluice_session::{MediaKind, Role, Session, SessionEvent, SessionOutput};
+use sluice_session::{IncomingRtp, MediaKind, Mid, Role, Session, SessionEvent, SessionOutput};
 use str0m::media::MediaTime;
-use str0m::{Event, Input, Output, Rtc};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
 
 /// What the viewer's client got: sequence number and payload of each
 /// packet, and each new sender report (packet count, RTP time) with the
@@ -53,6 +55,33 @@ fn client_to_server(
     }
 }
 
+/// The publisher's client sends one small VP8 frame on `video`; returns
+/// what the publisher's session made of it.
+fn publish_frame(
+    sender: &mut Rtc,
+    video: Mid,
+    publisher: &mut Session,
+    now: Instant,
+    frame: u32,
+) -> Vec<IncomingRtp> {
+    let writer = sender.writer(video).unwrap();
+    let pt = writer.payload_params().next().unwrap().pt();
+    let payload = vec![0x10, 0x02, 0x00, frame as u8, (frame >> 8) as u8, 7, 7, 7];
+    let rtp_time = MediaTime::from_90khz(u64::from(frame) * 900);
+    writer.write(pt, now, rtp_time, payload).unwrap();
+    sender.handle_input(Input::Timeout(now)).unwrap();
+    client_to_server(sender, publisher, now, &mut Received::default());
+    publisher.handle_timeout(now);
+    let mut packets = Vec::new();
+    loop {
+        match publisher.poll() {
+            SessionOutput::Timeout(_) => return packets,
+            SessionOutput::Event(SessionEvent::Rtp(rtp)) => packets.push(*rtp),
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
     let config = config(None);
@@ -82,27 +111,9 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
     let mut history = PacketHistory::default();
     for frame in 0..300u32 {
         now += Duration::from_millis(10);
-        // The publisher's client sends one small VP8 frame.
-        let writer = sender.writer(sender_video).unwrap();
-        let pt = writer.payload_params().next().unwrap().pt();
-        let payload = vec![0x10, 0x02, 0x00, frame as u8, (frame >> 8) as u8, 7, 7, 7];
-        writer
-            .write(
-                pt,
-                now,
-                MediaTime::from_90khz(u64::from(frame) * 900),
-                payload,
-            )
-            .unwrap();
-        sender.handle_input(Input::Timeout(now)).unwrap();
-        let mut ignored = Received::default();
-        client_to_server(&mut sender, &mut publisher, now, &mut ignored);
-
         // The server forwards what the publisher's session got.
-        publisher.handle_timeout(now);
-        while let SessionOutput::Transmit(_) | SessionOutput::Event(_) = {
-            let output = publisher.poll();
-            if let SessionOutput::Event(SessionEvent::Rtp(rtp)) = &output {
+        for rtp in publish_frame(&mut sender, sender_video, &mut publisher, now, frame) {
+            {
                 let rewritten = Rewritten {
                     seq,
                     ts: rtp.packet.header.timestamp,
@@ -120,12 +131,11 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
                         arrival: now,
                     },
                 );
-                assert!(viewer.write_rtp(video, rtp, source, &rewritten));
+                assert!(viewer.write_rtp(video, &rtp, source, &rewritten));
                 sent.push((seq, rtp.packet.payload.to_vec()));
                 seq += 1;
             }
-            output
-        } {}
+        }
 
         // The viewer's session sends; every tenth new video packet is lost.
         viewer.handle_timeout(now);
@@ -187,4 +197,100 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
         let off = rtp_time.abs_diff(u64::from(ts));
         assert!(off <= 2 * 900, "report RTP time {rtp_time}, packet {ts}");
     }
+}
+
+#[test]
+fn media_follows_a_viewer_to_its_new_address_once_ice_picks_it() {
+    let config = config(None);
+    let (mut publisher, mut sender, sender_video, t0) = connected(Role::Publisher, &config);
+    let (mut viewer, mut watcher, _, t1) = connected(Role::Viewer, &config);
+    let (video, _) = viewer
+        .send_tracks()
+        .into_iter()
+        .find(|(_, kind)| *kind == MediaKind::Video)
+        .unwrap();
+    let server: SocketAddr = SERVER.parse().unwrap();
+    let (old, new): (SocketAddr, SocketAddr) =
+        (PEER.parse().unwrap(), "127.0.0.1:6001".parse().unwrap());
+    let source = SourceKey {
+        publication: PublicationId(1),
+        layer: 0,
+    };
+
+    // The viewer's network changes: its client gathers a new address and
+    // drops the old one, and its ICE agent checks and nominates a new pair.
+    let mut now = t0.max(t1);
+    watcher.add_local_candidate(Candidate::host(new, "udp").unwrap());
+    let gone = Candidate::host(old, "udp").unwrap();
+    watcher.direct_api().invalidate_candidate(&gone);
+    // The client's nominating check from the new address; when the server
+    // answered it (in RTP datagrams sent until then); where each went.
+    let mut nomination = None;
+    let mut answered = None;
+    let mut media = Vec::new();
+    let mut seq = 1_000u64;
+    for frame in 0..60u32 {
+        now += Duration::from_millis(5);
+        for rtp in publish_frame(&mut sender, sender_video, &mut publisher, now, frame) {
+            let rewritten = Rewritten {
+                seq,
+                ts: rtp.packet.header.timestamp,
+                vp8: None,
+            };
+            seq += 1;
+            viewer.write_rtp(video, &rtp, source, &rewritten);
+        }
+        watcher.handle_input(Input::Timeout(now)).unwrap();
+        viewer.handle_timeout(now);
+        for _ in 0..10 {
+            // Client to server, from whichever address it sends on.
+            while let Output::Transmit(_) | Output::Event(_) = {
+                let output = watcher.poll_output().unwrap();
+                if let Output::Transmit(t) = &output {
+                    if t.source == new && nomination.is_none() {
+                        nomination = demux::nomination(&t.contents);
+                    }
+                    viewer.handle_datagram(now, t.source, server, &t.contents);
+                }
+                output
+            } {}
+            // Server to client: only the new address still reaches it.
+            while let SessionOutput::Transmit(_) | SessionOutput::Event(_) = {
+                let output = viewer.poll();
+                if let SessionOutput::Transmit(t) = &output {
+                    let d = &t.contents[..];
+                    if nomination.is_some() && demux::binding_success(d) == nomination {
+                        answered.get_or_insert(media.len());
+                    }
+                    if d.len() > 1 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]) {
+                        media.push(t.destination);
+                    }
+                    if t.destination == new {
+                        let input = Input::Receive(
+                            now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: server,
+                                destination: new,
+                                contents: d.try_into().unwrap(),
+                            },
+                        );
+                        watcher.handle_input(input).unwrap();
+                    }
+                }
+                output
+            } {}
+        }
+    }
+    let answered = answered.expect("the server answered the nomination of the new address");
+    assert!(media.len() > answered + 20, "{} datagrams", media.len());
+    // Some media went to the old address before the nomination; none
+    // after the server answered it.
+    assert!(media[..answered].iter().all(|d| *d == old));
+    assert_eq!(
+        media[answered..].iter().filter(|d| **d == old).count(),
+        0,
+        "media to the old address after ICE moved: {:?}",
+        &media[answered..]
+    );
 }
