@@ -55,6 +55,23 @@ fn client_to_server(
     }
 }
 
+/// The publisher stream the tests forward from.
+const SOURCE: SourceKey = SourceKey {
+    publication: PublicationId(1),
+    layer: 0,
+};
+
+/// Forward `rtp` to `viewer`'s `video` track as its packet `seq`, the
+/// publisher's timestamp kept, as the shard would.
+fn forward(viewer: &mut Session, video: Mid, rtp: &IncomingRtp, seq: u64) -> bool {
+    let rewritten = Rewritten {
+        seq,
+        ts: rtp.packet.header.timestamp,
+        vp8: None,
+    };
+    viewer.write_rtp(video, rtp, SOURCE, &rewritten)
+}
+
 /// The publisher's client sends one small VP8 frame on `video`; returns
 /// what the publisher's session made of it.
 fn publish_frame(
@@ -104,37 +121,26 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
     let mut dropped = 0;
     let mut video_ssrc = None;
     let mut seq = 1_000u64;
-    let source = SourceKey {
-        publication: PublicationId(1),
-        layer: 0,
-    };
     let mut history = PacketHistory::default();
     for frame in 0..300u32 {
         now += Duration::from_millis(10);
         // The server forwards what the publisher's session got.
         for rtp in publish_frame(&mut sender, sender_video, &mut publisher, now, frame) {
-            {
-                let rewritten = Rewritten {
-                    seq,
+            history.keep(
+                SOURCE,
+                Kept {
+                    seq: *rtp.packet.seq_no,
                     ts: rtp.packet.header.timestamp,
+                    marker: rtp.packet.header.marker,
+                    payload: rtp.packet.payload.clone(),
                     vp8: None,
-                };
-                history.keep(
-                    source,
-                    Kept {
-                        seq: *rtp.packet.seq_no,
-                        ts: rtp.packet.header.timestamp,
-                        marker: rtp.packet.header.marker,
-                        payload: rtp.packet.payload.clone(),
-                        vp8: None,
-                        video_orientation: None,
-                        arrival: now,
-                    },
-                );
-                assert!(viewer.write_rtp(video, &rtp, source, &rewritten));
-                sent.push((seq, rtp.packet.payload.to_vec()));
-                seq += 1;
-            }
+                    video_orientation: None,
+                    arrival: now,
+                },
+            );
+            assert!(forward(&mut viewer, video, &rtp, seq));
+            sent.push((seq, rtp.packet.payload.to_vec()));
+            seq += 1;
         }
 
         // The viewer's session sends; every tenth new video packet is lost.
@@ -212,10 +218,6 @@ fn media_follows_a_viewer_to_its_new_address_once_ice_picks_it() {
     let server: SocketAddr = SERVER.parse().unwrap();
     let (old, new): (SocketAddr, SocketAddr) =
         (PEER.parse().unwrap(), "127.0.0.1:6001".parse().unwrap());
-    let source = SourceKey {
-        publication: PublicationId(1),
-        layer: 0,
-    };
 
     // The viewer's network changes: its client gathers a new address and
     // drops the old one, and its ICE agent checks and nominates a new pair.
@@ -232,13 +234,8 @@ fn media_follows_a_viewer_to_its_new_address_once_ice_picks_it() {
     for frame in 0..60u32 {
         now += Duration::from_millis(5);
         for rtp in publish_frame(&mut sender, sender_video, &mut publisher, now, frame) {
-            let rewritten = Rewritten {
-                seq,
-                ts: rtp.packet.header.timestamp,
-                vp8: None,
-            };
+            forward(&mut viewer, video, &rtp, seq);
             seq += 1;
-            viewer.write_rtp(video, &rtp, source, &rewritten);
         }
         watcher.handle_input(Input::Timeout(now)).unwrap();
         viewer.handle_timeout(now);
