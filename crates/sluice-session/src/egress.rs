@@ -264,6 +264,9 @@ struct Stream {
     sealed: Sealed,
     /// How its sequence numbers map to publisher streams, oldest first.
     mappings: VecDeque<Mapping>,
+    /// The newest mapping's shift, here as well: every write compares its
+    /// own with it, and the deque's buffer is a line of memory elsewhere.
+    shift: Option<Shift>,
     /// Its sequence numbers resent lately, and when.
     resent: VecDeque<(u64, Instant)>,
     /// Next sequence number on the RTX stream.
@@ -283,6 +286,7 @@ impl Stream {
             last: None,
             sealed: Sealed::after(ids.written),
             mappings: VecDeque::new(),
+            shift: None,
             resent: VecDeque::new(),
             rtx_seq: u64::from(rand_u16() & 0x7fff),
             resend_budget: RESEND_BURST,
@@ -321,11 +325,13 @@ impl Stream {
     /// Note that sequence number `seq` follows its publisher stream by
     /// `shift`.
     fn map(&mut self, seq: u64, shift: Shift) {
-        if let Some(last) = self.mappings.back()
-            && (last.shift == shift || last.from > seq)
-        {
+        if self.shift == Some(shift) {
             return;
         }
+        if self.mappings.back().is_some_and(|last| last.from > seq) {
+            return;
+        }
+        self.shift = Some(shift);
         if self.mappings.len() >= MAPPINGS {
             self.mappings.pop_front();
         }
@@ -421,11 +427,21 @@ impl Egress {
         transmit.contents = contents.into();
     }
 
-    /// Make the datagram of `packet` on the stream of `mid`, to go on
-    /// `route`. Returns false if this egress has no such stream, or
-    /// already sealed that sequence number.
-    pub fn write(&mut self, (source, destination): Route, mid: Mid, packet: &OutPacket) -> bool {
-        let Some(stream) = self.streams.iter_mut().find(|s| s.ids.mid == mid) else {
+    /// The index of the stream of `mid`, for [`Egress::write`].
+    pub fn stream_of(&self, mid: Mid) -> Option<usize> {
+        self.streams.iter().position(|s| s.ids.mid == mid)
+    }
+
+    /// Make the datagram of `packet` on stream `stream` (from
+    /// [`Egress::stream_of`]), to go on `route`. Returns false if this
+    /// egress has no such stream, or already sealed that sequence number.
+    pub fn write(
+        &mut self,
+        (source, destination): Route,
+        stream: usize,
+        packet: &OutPacket,
+    ) -> bool {
+        let Some(stream) = self.streams.get_mut(stream) else {
             return false;
         };
         if !stream.sealed.mark(packet.seq) {

@@ -128,6 +128,8 @@ struct Track {
     /// Highest sequence number sent through str0m, which the direct
     /// egress must never seal again.
     written: Option<u64>,
+    /// Its stream in the direct egress, once that is set up.
+    egress_stream: Option<usize>,
 }
 
 /// One WebRTC peer connection.
@@ -232,6 +234,7 @@ impl Session {
                 out_pt: None,
                 send_ssrc: None,
                 written: None,
+                egress_stream: None,
             });
         }
         let mids: Vec<(Mid, MediaKind)> = session.tracks.iter().map(|t| (t.mid, t.kind)).collect();
@@ -700,8 +703,11 @@ impl Session {
         self.egress = Egress::new(&keys, &streams, |mid| {
             rtc.media(mid).map(|m| m.remote_extmap().clone())
         });
-        if self.egress.is_none() {
+        let Some(egress) = &self.egress else {
             return;
+        };
+        for track in &mut self.tracks {
+            track.egress_stream = egress.stream_of(track.mid);
         }
         // What str0m sent before keeps no resends: str0m's resend stream
         // would share the egress's SSRC and key with a counter of its own.
@@ -778,7 +784,10 @@ impl Session {
                     vp8: rtp.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx())),
                 }),
             };
-            return egress.write(route, mid, &written);
+            let Some(stream) = self.tracks[track].egress_stream else {
+                return false;
+            };
+            return egress.write(route, stream, &written);
         }
         self.rtc_timeout = None;
         let ext_vals = ExtensionValues {
