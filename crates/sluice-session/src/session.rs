@@ -568,15 +568,16 @@ impl Session {
             }
             Event::RtpPacket(packet) => self.on_rtp(packet),
             Event::KeyframeRequest(req) => Some(SessionEvent::KeyframeRequest { mid: req.mid }),
-            // Only a session with its own estimator reports estimates: that
-            // estimator probes for more. A browser's REMB alone stays near
-            // what it receives, so a viewer moved to a low layer could
-            // never move back up.
-            Event::EgressBitrateEstimate(
-                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
-            ) if self.estimating => Some(SessionEvent::BandwidthEstimate {
-                bps: estimate.as_u64(),
-            }),
+            // Only the session's own estimator counts: it probes for more.
+            // A browser's REMB stays near what it receives, so a viewer
+            // moved to a low layer by it could never move back up (a
+            // viewer without transport-wide feedback gets no estimate, as
+            // without estimation).
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) if self.estimating => {
+                Some(SessionEvent::BandwidthEstimate {
+                    bps: estimate.as_u64(),
+                })
+            }
             // With the direct egress, NACKs are counted as they come.
             Event::MediaEgressStats(s) if self.egress.is_some() => {
                 self.nack_delta(s.mid, s.rid, true, s.nacks);

@@ -281,7 +281,9 @@ async fn a_viewer_on_a_narrow_link_gets_a_layer_that_fits() {
     let publisher = simulcast_publisher(&server.url, "narrow").await;
     // 400 kbit/s to this viewer: only q (about 150 kbit/s) fits. Viewers
     // start on h (what the starting estimate of 1 Mbit/s carries): this one
-    // must move down, the other one up to f.
+    // must move down, the other one up to f. The wide one reports a low
+    // REMB (as a browser's REMB stays near what it receives): the server's
+    // own estimate is what counts, or it would stay low for good.
     let narrow = Peer::start(PeerOptions {
         loss: Some(Loss {
             to_peer_kbps: Some(400),
@@ -291,9 +293,12 @@ async fn a_viewer_on_a_narrow_link_gets_a_layer_that_fits() {
     })
     .await
     .unwrap();
-    let wide = Peer::start(options(&server.url, "narrow", false))
-        .await
-        .unwrap();
+    let wide = Peer::start(PeerOptions {
+        remb_kbps: Some(200),
+        ..options(&server.url, "narrow", false)
+    })
+    .await
+    .unwrap();
     // Wait for each to reach its layer (the estimators take a few
     // seconds), then look at what arrives.
     assert!(
