@@ -118,6 +118,31 @@ async function testPublishWatch(ctx) {
     's.framesDecoded > 0 && s.frameWidth > 0 && s.firstFrameAt != null && s.postStartedAt != null');
   const firstFrameMs = Math.round(first.firstFrameAt - first.postStartedAt);
 
+  // A player that shows each track's stream, as many WHEP players do,
+  // must get audio and video in one MediaStream (and the browser then
+  // plays them in sync).
+  const tracks = await viewer.evaluate(async (url) => {
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    const got = [];
+    pc.ontrack = (e) => got.push({ kind: e.track.kind, streams: e.streams.map((m) => m.id) });
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/sdp' },
+      body: pc.localDescription.sdp,
+    });
+    await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    pc.close();
+    const resource = res.headers.get('location');
+    if (resource) await fetch(new URL(resource, url), { method: 'DELETE' });
+    return got;
+  }, `${BASE}/whep/${room}`);
+  assert(tracks.length === 2 && tracks.every((t) => t.streams.length === 1)
+    && tracks[0].streams[0] === tracks[1].streams[0],
+    `audio and video are not one MediaStream: ${JSON.stringify(tracks)}`);
+
   await sleep(3000);
   const later = await hooksOf(viewer);
   assert(later.framesDecoded > first.framesDecoded,

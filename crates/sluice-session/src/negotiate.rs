@@ -133,7 +133,57 @@ pub(crate) fn accept_offer(
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| NegotiateError::MalformedSdp(e.to_string()))?;
-    Ok((answer.to_sdp_string(), mids))
+    Ok((one_media_stream(&answer.to_sdp_string()), mids))
+}
+
+/// `answer` with every media section in one media stream: the first
+/// section's msid stream id for all (RFC 8830). str0m gives each section of
+/// its answer to a receive-only offer (what a WHEP player sends) a stream
+/// of its own, and a browser then hands the page audio and video in two
+/// `MediaStream`s: it does not play them in sync, and a player that shows
+/// `event.streams[0]` of each track gets one of the two. A session's media
+/// all come from one participant, so one stream is right.
+fn one_media_stream(answer: &str) -> String {
+    let first = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=msid:"))
+        .and_then(|v| v.split(' ').next())
+        .filter(|id| !id.is_empty() && *id != "-");
+    let Some(stream) = first else {
+        return answer.to_owned();
+    };
+    let mut out = String::with_capacity(answer.len());
+    for line in answer.split_inclusive('\n') {
+        let (text, end) = line.split_at(line.trim_end_matches(['\r', '\n']).len());
+        // `a=msid:<stream> <track>`, or the same after `a=ssrc:<n> msid:`.
+        let msid_at = if text.starts_with("a=msid:") {
+            Some("a=msid:".len())
+        } else if text.starts_with("a=ssrc:") {
+            text.find(" msid:").map(|at| at + " msid:".len())
+        } else {
+            None
+        };
+        match msid_at {
+            Some(at) => {
+                let track = text[at..].split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&text[..at]);
+                out.push_str(stream);
+                if !track.is_empty() {
+                    out.push(' ');
+                    out.push_str(track);
+                }
+            }
+            None if text.starts_with("a=msid-semantic:") && text.contains("WMS") => {
+                let wms = text.find("WMS").map_or(text.len(), |at| at + 3);
+                out.push_str(&text[..wms]);
+                out.push(' ');
+                out.push_str(stream);
+            }
+            None => out.push_str(text),
+        }
+        out.push_str(end);
+    }
+    out
 }
 
 /// Check that the negotiated media suit `role`: a publisher must send the
@@ -205,4 +255,37 @@ pub(crate) fn check_codecs(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_media_stream;
+
+    #[test]
+    fn all_media_sections_join_the_first_ones_stream() {
+        let answer = "v=0\r\n\
+            a=msid-semantic: WMS s1 s2\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+            a=msid:s1 audio1\r\n\
+            a=ssrc:7 cname:c1\r\n\
+            a=ssrc:7 msid:s1 audio1\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+            a=msid:s2 video1\r\n\
+            a=ssrc:8 msid:s2 video1\r\n";
+        assert_eq!(
+            one_media_stream(answer),
+            "v=0\r\n\
+            a=msid-semantic: WMS s1\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+            a=msid:s1 audio1\r\n\
+            a=ssrc:7 cname:c1\r\n\
+            a=ssrc:7 msid:s1 audio1\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+            a=msid:s1 video1\r\n\
+            a=ssrc:8 msid:s1 video1\r\n"
+        );
+        // Nothing to join: left as it is.
+        let receive_only = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\n";
+        assert_eq!(one_media_stream(receive_only), receive_only);
+    }
 }
