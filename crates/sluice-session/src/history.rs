@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_router::{PublicationId, SourceKey};
+use sluice_router::{IdMap, PublicationId, SourceKey};
 use str0m::rtp::VideoOrientation;
 
 /// How long a packet stays available for NACK resends (here and in
@@ -52,34 +52,27 @@ pub struct Kept {
 /// The packets kept of every incoming video stream of one shard.
 #[derive(Debug, Default)]
 pub struct PacketHistory {
-    streams: Vec<(SourceKey, Stream)>,
+    streams: IdMap<SourceKey, Stream>,
 }
 
 impl PacketHistory {
     /// Keep `packet` of `source`.
     pub fn keep(&mut self, source: SourceKey, packet: Kept) {
-        let at = match self.streams.iter().position(|(k, _)| *k == source) {
-            Some(at) => at,
-            None => {
-                self.streams.push((source, Stream::default()));
-                self.streams.len() - 1
-            }
-        };
-        self.streams[at].1.keep(packet);
+        self.streams.entry(source).or_default().keep(packet);
     }
 
     /// The packet of `source` with sequence number `seq`, if it is kept
     /// and not older than [`HISTORY`] at `now`.
     pub fn get(&self, source: SourceKey, seq: u64, now: Instant) -> Option<&Kept> {
-        let (_, stream) = self.streams.iter().find(|(k, _)| *k == source)?;
-        stream
+        self.streams
+            .get(&source)?
             .get(seq)
             .filter(|p| now.saturating_duration_since(p.arrival) <= HISTORY)
     }
 
     /// Drop what is kept of `publication`'s streams (it ended).
     pub fn forget(&mut self, publication: PublicationId) {
-        self.streams.retain(|(k, _)| k.publication != publication);
+        self.streams.retain(|k, _| k.publication != publication);
     }
 }
 
@@ -161,7 +154,11 @@ mod tests {
             h.keep(source(1, 2), kept(seq, now));
         }
         h.keep(source(1, 0), kept(500, now));
-        let seqs: Vec<u64> = h.streams[0].1.packets.iter().map(|p| p.seq).collect();
+        let seqs: Vec<u64> = h.streams[&source(1, 2)]
+            .packets
+            .iter()
+            .map(|p| p.seq)
+            .collect();
         assert_eq!(seqs, [10, 11, 12, 13]);
         assert_eq!(h.get(source(1, 2), 12, now).map(|p| p.ts), Some(36_000));
         assert!(h.get(source(1, 2), 14, now).is_none(), "not received");
