@@ -11,12 +11,16 @@
 #   b         a 10x10 meeting on the low layer
 #   c         ten audio rooms, 1,000 listeners
 #   d         a join storm of 50 subscribers at once
+#   e         the load of (a) from ten rooms: one simulcast publisher and
+#             70 viewers each (VIEWERS_PER_ROOM=n changes the count)
 #   capacity  the capacity search, one simulcast publisher, steps of 150
 #
-# DURATION=20s changes the measurement window; SERVER=path and TESTER=path
+# DURATION=20s changes the measurement window; PACER_BURST_MS=0 makes the
+# synthetic publishers spread each frame out instead of sending it in one
+# burst (see the tester's --pacer-burst-ms); SERVER=path and TESTER=path
 # run another server or tester binary (to compare two builds, run them in
-# turn). Each run prints
-# the tester's summary; JSON reports go to target/bench/.
+# turn). Each run prints the tester's summary; JSON reports go to
+# target/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +56,8 @@ run() {
     done
     echo "== $name"
     taskset -c 1 "${TESTER:-target/release/sluice-loadtest}" --url "http://$http" --server-pid "$server" \
-        --shared-socket --json "target/bench/$name.json" "$@" || true
+        --shared-socket --pacer-burst-ms "${PACER_BURST_MS:-40}" --json "target/bench/$name.json" \
+        "$@" || true
     kill "$server"
     wait "$server" || true
 }
@@ -67,9 +72,11 @@ for scenario in "${@:-a b c d}"; do
             c) run c --room radio --rooms 10 --publishers 1 --subscribers 100 --audio-only \
                    --ramp 100 --duration "$duration" ;;
             d) run d --room storm --publishers 1 --subscribers 50 --probes 50 --duration 5s ;;
+            e) run e --room multi --rooms 10 --publishers 1 --subscribers "${VIEWERS_PER_ROOM:-70}" --simulcast \
+                   --ramp 100 --duration "$duration" ;;
             capacity) run capacity --room cap --publishers 1 --simulcast --find-capacity \
                    --step 150 --max-subscribers 1500 --duration 5s ;;
-            *) echo "unknown scenario $s (a, b, c, d or capacity)" >&2; exit 2 ;;
+            *) echo "unknown scenario $s (a, b, c, d, e or capacity)" >&2; exit 2 ;;
         esac
     done
 done

@@ -10,6 +10,7 @@ pub mod endpoint;
 #[cfg(target_os = "linux")]
 pub mod hub;
 pub mod media;
+pub mod pacer;
 pub mod peer;
 pub mod relay;
 

@@ -27,6 +27,7 @@ use crate::endpoint::Endpoint;
 #[cfg(target_os = "linux")]
 use crate::hub;
 use crate::media::{SIMULCAST, SyntheticMedia, VideoCodec, layer_tag, sent_at, stamp};
+use crate::pacer::{DEFAULT_BURST as DEFAULT_PACER_BURST, Pacer};
 use crate::relay::{Loss, LossyRelay, first_candidate, redirect_candidate};
 
 /// Audio or video, for recorded packets.
@@ -97,6 +98,10 @@ pub struct PeerOptions {
     /// when it has no transport-wide feedback to send: its estimate then
     /// stays near what it receives.
     pub remb_kbps: Option<u64>,
+    /// How far a publisher's pacer may run ahead of its pacing rate (see
+    /// [`crate::pacer`]): 40 ms, libwebrtc's default, sends ordinary
+    /// frames in one burst; zero spreads every frame out.
+    pub pacer_burst: Duration,
 }
 
 impl PeerOptions {
@@ -117,6 +122,7 @@ impl PeerOptions {
             participant: None,
             layer: None,
             remb_kbps: None,
+            pacer_burst: DEFAULT_PACER_BURST,
         }
     }
 }
@@ -351,8 +357,7 @@ impl Peer {
                 }]
             },
             paced: VecDeque::new(),
-            next_paced: Instant::now(),
-            pace_gap: Duration::ZERO,
+            pacer: Pacer::new(options.pacer_burst, Instant::now()),
             keep_packets: options.keep_packets,
             clips: options.clips,
             video_codec: options.video,
@@ -634,10 +639,6 @@ const REMB_EVERY: Duration = Duration::from_millis(200);
 
 /// Time between video frames (30 fps).
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
-/// Share of the frame interval a frame's packets are spread over. Like a
-/// browser's pacer (libwebrtc sends at 2.5 times the target bitrate), the
-/// packets of one frame go out evenly spaced rather than in one burst.
-const PACING_SHARE: f64 = 0.4;
 
 /// The items of `queues` one from each queue in turn, with the index of
 /// the queue each came from. A browser's pacer serves the streams of one
@@ -707,9 +708,8 @@ struct Driver {
     layers: Vec<VideoLayer>,
     /// Video packets of the current frame not sent yet, in order.
     paced: VecDeque<PacedPacket>,
-    /// When the next paced packet is due, and the gap after it.
-    next_paced: Instant,
-    pace_gap: Duration,
+    /// When they may leave.
+    pacer: Pacer,
     keep_packets: bool,
     /// Media are the shipped clips: payloads carry no stamps or tags.
     clips: bool,
@@ -733,7 +733,7 @@ impl Driver {
                 let paced = if self.paced.is_empty() {
                     next_video
                 } else {
-                    self.next_paced
+                    self.pacer.next_send()
                 };
                 next_video.min(next_audio).min(paced)
             } else {
@@ -885,6 +885,7 @@ impl Driver {
                 .into_iter()
                 .map(move |(payload, marker)| (payload, marker, ts))
         });
+        let queued = self.paced.len();
         self.paced.extend(
             round_robin(frames).map(|(layer, (payload, marker, ts))| PacedPacket {
                 layer,
@@ -893,9 +894,8 @@ impl Driver {
                 ts,
             }),
         );
-        let count = self.paced.len().max(1) as u32;
-        self.pace_gap = FRAME_INTERVAL.mul_f64(PACING_SHARE) / count;
-        self.next_paced = now;
+        let bytes = self.paced.range(queued..).map(|p| p.payload.len()).sum();
+        self.pacer.on_frame(bytes, FRAME_INTERVAL);
     }
 
     /// Send the queued video packets that are due, stamped with `now`.
@@ -903,12 +903,13 @@ impl Driver {
         let Some(pt) = self.payload_type(self.codec) else {
             return;
         };
-        while self.next_paced <= now
+        while self.pacer.next_send() <= now
             && let Some(mut packet) = self.paced.pop_front()
         {
             if self.layers[packet.layer].media.stamps() {
                 stamp(&mut packet.payload, now);
             }
+            self.pacer.on_sent(packet.payload.len(), now);
             let payload: Arc<[u8]> = packet.payload.into();
             let layer = &mut self.layers[packet.layer];
             layer.seq += 1;
@@ -925,7 +926,6 @@ impl Driver {
             if self.drain().await.is_none() {
                 return;
             }
-            self.next_paced += self.pace_gap;
         }
     }
 
