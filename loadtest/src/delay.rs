@@ -1,5 +1,6 @@
 //! The server's own forwarding delay: how long a received packet stays in
-//! the server before it is sent on, read from the
+//! the server (its socket's queue included) before it is sent on, read
+//! from the
 //! `sluice_forward_delay_seconds` histogram at `/metrics`. Unlike the
 //! latency the probes measure, it leaves out the tester's own delays.
 

@@ -12,6 +12,7 @@
 pub mod admin;
 mod control;
 pub mod events;
+mod inbox;
 pub mod metrics;
 mod outbox;
 mod quota;
@@ -68,6 +69,7 @@ pub fn start(
     for (index, socket) in sockets.into_iter().enumerate() {
         let local: SocketAddr = socket.local_addr()?;
         outbox::set_dont_fragment(&socket)?;
+        inbox::stamp_arrivals(&socket)?;
         let session_config = sluice_session::SessionConfig {
             candidates: vec![config.candidate_address(local)?],
             consent_timeout: config.consent_timeout,

@@ -47,8 +47,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Seconds from a session's POST to ICE and DTLS being up.
     pub join_seconds: Histogram,
-    /// Seconds a receive batch spends in the server before its last
-    /// forwarded packet is sent.
+    /// Seconds from the kernel's receipt of a receive batch's earliest
+    /// forwarded packet to the sending of its last: the server's added
+    /// latency, time queued in the socket included.
     pub forward_delay_seconds: Histogram,
     /// Viewers' bandwidth estimates, bits per second.
     pub bandwidth_estimate: Histogram,
@@ -190,9 +191,9 @@ impl Metrics {
             ),
             forward_delay_seconds: histogram(
                 "forward_delay_seconds",
-                "Seconds from reading the first datagram of a receive batch to handing \
-                 the last packet it forwarded to the kernel (the server's added latency, \
-                 worst packet of the batch)",
+                "Seconds from the kernel's receipt of the earliest forwarded packet of a \
+                 receive batch to handing the batch's last packet to the kernel (the \
+                 server's added latency, queueing included, worst packet of the batch)",
                 &[
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02,
                     0.025, 0.05, 0.1,

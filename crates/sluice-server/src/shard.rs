@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_router::forwarder::Vp8Ids;
 use sluice_router::router::RouterConfig;
@@ -31,6 +31,7 @@ use crate::control::{
     ServerConfig, SessionEnd, SessionRequest,
 };
 use crate::events::{Event, EventKind, EventSink};
+use crate::inbox;
 use crate::metrics::{Metrics, Tally};
 use crate::outbox::Outbox;
 use crate::quota::Quota;
@@ -83,6 +84,10 @@ struct Entry {
 struct Batch {
     /// A receive batch is being read: writes wait for its end.
     open: bool,
+    /// When the kernel received the datagram being handled.
+    arrived: Option<SystemTime>,
+    /// The earliest arrival of the batch's forwarded packets.
+    first_forwarded: Option<SystemTime>,
     packets: Vec<(SourceKey, IncomingRtp)>,
     writes: Vec<(Forward, u32)>,
 }
@@ -215,12 +220,10 @@ impl Shard {
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
-                    match received {
-                        Ok((n, source)) => self.on_receive(source, n, &mut buf),
-                        Err(e) => debug!("udp receive error: {e}"),
-                    }
-                }
+                readable = self.socket.readable() => match readable {
+                    Ok(()) => self.on_receive(&mut buf),
+                    Err(e) => debug!("udp receive error: {e}"),
+                },
                 command = commands.recv() => match command {
                     Some(Command::Shutdown) | None => break,
                     Some(command) => self.on_command(command),
@@ -262,28 +265,37 @@ impl Shard {
         self.reported = now;
     }
 
-    /// Handle one received datagram and whatever else is already queued,
+    /// Handle the datagrams queued on the socket (up to [`RECV_BATCH`]),
     /// then write and send what the batch brings each viewer, viewer by
     /// viewer.
-    fn on_receive(&mut self, source: SocketAddr, n: usize, buf: &mut [u8]) {
+    fn on_receive(&mut self, buf: &mut [u8]) {
         let now = Instant::now();
-        let forwarded = self.tally.packets_forwarded;
         self.batch.open = true;
-        self.dispatch(now, source, &buf[..n]);
-        for _ in 1..RECV_BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, source)) => self.dispatch(now, source, &buf[..n]),
-                Err(_) => break,
+        self.batch.first_forwarded = None;
+        for _ in 0..RECV_BATCH {
+            match inbox::try_recv(&self.socket, buf) {
+                Ok(received) => {
+                    self.batch.arrived = Some(received.arrived);
+                    self.dispatch(now, received.source, &buf[..received.len]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!("udp receive error: {e}");
+                    break;
+                }
             }
         }
         self.batch.open = false;
         self.write_batch(now);
         self.on_timers(now);
         self.outbox.flush(&self.socket);
-        if self.tally.packets_forwarded != forwarded {
+        if let Some(arrived) = self.batch.first_forwarded {
+            let delay = SystemTime::now()
+                .duration_since(arrived)
+                .unwrap_or_default();
             self.metrics
                 .forward_delay_seconds
-                .observe(now.elapsed().as_secs_f64());
+                .observe(delay.as_secs_f64());
         }
     }
 
@@ -559,6 +571,10 @@ impl Shard {
                         arrival: now,
                     },
                 );
+            }
+            if let Some(arrived) = self.batch.arrived {
+                let first = self.batch.first_forwarded.get_or_insert(arrived);
+                *first = (*first).min(arrived);
             }
             let index = self.batch.packets.len() as u32;
             self.batch
