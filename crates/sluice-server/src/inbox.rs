@@ -23,24 +23,7 @@ pub(crate) struct Received {
 /// Ask the kernel to stamp each datagram `socket` receives.
 #[cfg(target_os = "linux")]
 pub(crate) fn stamp_arrivals(socket: &UdpSocket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-
-    let on: libc::c_int = 1;
-    // SAFETY: the option value is a c_int that outlives the call, and its
-    // size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            &on as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::outbox::set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// Systems other than Linux are not asked.
@@ -159,32 +142,38 @@ mod tests {
     use std::time::Duration;
 
     /// A datagram read a while after it arrived carries its arrival time,
-    /// not the time it was read, and its source and bytes.
+    /// not the time it was read, and its source and bytes. The kernel
+    /// turns stamping on a moment after the first socket asks (deferred
+    /// work), so a datagram or two may come stamped when read; one of the
+    /// first few must carry its arrival.
     #[tokio::test]
     async fn a_datagram_carries_the_time_it_arrived() {
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         stamp_arrivals(&receiver).unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let before = SystemTime::now();
-        sender
-            .send_to(b"hello", receiver.local_addr().unwrap())
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut buf = [0u8; 64];
-        receiver.readable().await.unwrap();
-        let got = try_recv(&receiver, &mut buf).unwrap();
-        let read_at = SystemTime::now();
-        assert_eq!(&buf[..got.len], b"hello");
-        assert_eq!(got.source, sender.local_addr().unwrap());
-        assert!(got.arrived >= before - Duration::from_millis(1));
-        if cfg!(target_os = "linux") {
-            let waited = read_at.duration_since(got.arrived).unwrap();
-            assert!(waited >= Duration::from_millis(40), "waited {waited:?}");
+        let mut longest = Duration::ZERO;
+        for _ in 0..5 {
+            let before = SystemTime::now();
+            sender
+                .send_to(b"hello", receiver.local_addr().unwrap())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut buf = [0u8; 64];
+            receiver.readable().await.unwrap();
+            let got = try_recv(&receiver, &mut buf).unwrap();
+            let read_at = SystemTime::now();
+            assert_eq!(&buf[..got.len], b"hello");
+            assert_eq!(got.source, sender.local_addr().unwrap());
+            assert!(got.arrived >= before - Duration::from_millis(1));
+            longest = longest.max(read_at.duration_since(got.arrived).unwrap());
+            assert_eq!(
+                try_recv(&receiver, &mut buf).err().map(|e| e.kind()),
+                Some(io::ErrorKind::WouldBlock)
+            );
         }
-        assert_eq!(
-            try_recv(&receiver, &mut buf).err().map(|e| e.kind()),
-            Some(io::ErrorKind::WouldBlock)
-        );
+        if cfg!(target_os = "linux") {
+            assert!(longest >= Duration::from_millis(40), "waited {longest:?}");
+        }
     }
 }

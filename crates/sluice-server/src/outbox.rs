@@ -236,19 +236,34 @@ fn write_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::s
 /// thousands of datagrams per second.
 #[cfg(target_os = "linux")]
 pub(crate) fn set_dont_fragment(socket: &UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-
     if !socket.local_addr()?.is_ipv4() {
         return Ok(());
     }
-    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    set_int_option(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )
+}
+
+/// Set the integer socket option `level`/`name` of `socket` to `value`.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_int_option(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+
     // SAFETY: the option value is a c_int that outlives the call, and its
     // size is passed along.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
+            level,
+            name,
             &value as *const libc::c_int as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
         )
