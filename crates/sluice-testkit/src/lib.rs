@@ -2,6 +2,8 @@
 //! publishes synthetic media over WHIP or watches over WHEP, through real
 //! UDP sockets on loopback, recording what it sent and received.
 
+#[cfg(target_os = "linux")]
+mod arrival;
 pub mod clip;
 pub mod conference;
 pub mod counting;

@@ -358,6 +358,7 @@ impl Peer {
             },
             paced: VecDeque::new(),
             pacer: Pacer::new(options.pacer_burst, Instant::now()),
+            arrived: None,
             keep_packets: options.keep_packets,
             clips: options.clips,
             video_codec: options.video,
@@ -531,7 +532,10 @@ impl Socket {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = counted;
-        UdpSocket::bind("127.0.0.1:0").await.map(Socket::Own)
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        #[cfg(target_os = "linux")]
+        crate::arrival::stamp_arrivals(&socket)?;
+        Ok(Socket::Own(socket))
     }
 
     /// The address the peer advertises as its host candidate.
@@ -586,11 +590,18 @@ enum Link {
 }
 
 impl Link {
-    /// The next datagram for str0m. Never completes once the hub has let
-    /// the subscriber go, as for a peer whose network died.
-    async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    /// The next datagram for str0m, with when it reached a socket of the
+    /// peer's own (where the system says). Never completes once the hub
+    /// has let the subscriber go, as for a peer whose network died.
+    async fn recv(
+        &mut self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr, Option<Instant>)> {
         match self {
-            Link::Own(socket) => socket.recv_from(buf).await,
+            #[cfg(target_os = "linux")]
+            Link::Own(socket) => crate::arrival::recv(socket, buf).await,
+            #[cfg(not(target_os = "linux"))]
+            Link::Own(socket) => socket.recv_from(buf).await.map(|(n, a)| (n, a, None)),
             #[cfg(target_os = "linux")]
             Link::Hub { rest, .. } => {
                 let Some((datagram, source)) = rest.recv().await else {
@@ -598,7 +609,7 @@ impl Link {
                 };
                 let n = datagram.len().min(buf.len());
                 buf[..n].copy_from_slice(&datagram[..n]);
-                Ok((n, source))
+                Ok((n, source, None))
             }
         }
     }
@@ -710,6 +721,9 @@ struct Driver {
     paced: VecDeque<PacedPacket>,
     /// When they may leave.
     pacer: Pacer,
+    /// When the datagram str0m handles last reached the peer's socket
+    /// (the kernel's stamp), for the latency of the packets it brings.
+    arrived: Option<Instant>,
     keep_packets: bool,
     /// Media are the shipped clips: payloads carry no stamps or tags.
     clips: bool,
@@ -742,8 +756,9 @@ impl Driver {
             let wake = timeout.min(media_due).max(Instant::now());
             tokio::select! {
                 received = self.link.recv(&mut buf) => {
-                    let Ok((n, source)) = received else { continue };
+                    let Ok((n, source, arrived)) = received else { continue };
                     let Ok(contents) = buf[..n].try_into() else { continue };
+                    self.arrived = arrived;
                     let input = Input::Receive(Instant::now(), Receive {
                         proto: Protocol::Udp,
                         source,
@@ -830,7 +845,8 @@ impl Driver {
                 let mut state = self.state.lock();
                 state.rx[usize::from(kind == Kind::Video)].record(*p.seq_no, p.payload.len());
                 if let Some(sent) = sent_at(&p.payload).filter(|_| !self.clips) {
-                    let delay = p.timestamp.saturating_duration_since(sent);
+                    let arrived = self.arrived.unwrap_or(p.timestamp);
+                    let delay = arrived.saturating_duration_since(sent);
                     state
                         .latencies_us
                         .push(delay.as_micros().min(u128::from(u32::MAX)) as u32);
