@@ -591,6 +591,27 @@ impl Router {
 
     /// A subscriber lost a picture (PLI/FIR) on `track`.
     pub fn on_keyframe_request(&mut self, session: SessionId, track: TrackId, now: Instant) {
+        self.request_keyframe_for(session, track, false, now);
+    }
+
+    /// A subscriber's session can now receive media (it connected). Video
+    /// its forwarder passed on before then may never have reached it (the
+    /// keyframe it started on among them), so a forwarder that has started
+    /// starts again from the next keyframe, and one is asked for.
+    pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId, now: Instant) {
+        self.request_keyframe_for(session, track, true, now);
+    }
+
+    /// Ask the publisher of `session`'s `track` for a keyframe of the layer
+    /// it forwards or aims at (through its throttle); with `restart`, only
+    /// if the forwarder has started, and it starts again from that keyframe.
+    fn request_keyframe_for(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+        restart: bool,
+        now: Instant,
+    ) {
         let Some((_, Location::Feed(id))) = self.subscriptions.get(&(session, track)) else {
             return;
         };
@@ -600,11 +621,17 @@ impl Router {
         };
         let Some(sub) = p
             .subscriptions
-            .iter()
+            .iter_mut()
             .find(|s| s.session == session && s.track == track)
         else {
             return;
         };
+        if restart {
+            if sub.kind != MediaKind::Video || sub.forwarder.current().is_none() {
+                return;
+            }
+            sub.forwarder.restart();
+        }
         let Some(layer) = sub
             .forwarder
             .current()
@@ -807,6 +834,54 @@ mod tests {
         r.unpublish(b);
         assert_eq!(r.source("live", MediaKind::Audio, &Follow::Room), Some(a));
         assert_eq!(r.subscriber_count(a), 1);
+    }
+
+    #[test]
+    fn a_viewer_that_connects_after_its_keyframe_went_by_gets_a_new_one() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 7);
+        let mut out = Vec::new();
+        // The publisher's keyframe and a delta frame are forwarded while
+        // the viewer's session is still connecting (and drops them).
+        r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
+        r.on_packet(a, 0, &meta(2, 3000, false, t0 + ms(33)), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(keyframe_requests(&mut r).is_empty());
+        // It connects: a keyframe is asked for at once, and nothing is
+        // forwarded until it comes.
+        r.on_subscriber_ready(VIEWER, VIDEO, t0 + ms(40));
+        assert_eq!(
+            keyframe_requests(&mut r),
+            vec![RouterEvent::RequestKeyframe {
+                session: PUBLISHER_A,
+                publication: a,
+                layer: 0
+            }]
+        );
+        let last_sent = out[1].rewritten.seq;
+        out.clear();
+        r.on_packet(a, 0, &meta(3, 6000, false, t0 + ms(66)), &mut out);
+        assert!(out.is_empty());
+        r.on_packet(a, 0, &meta(4, 9000, true, t0 + ms(99)), &mut out);
+        assert_eq!(out.len(), 1);
+        // Its numbering goes on from what it was sent before.
+        assert_eq!(out[0].rewritten.seq, last_sent + 1);
+    }
+
+    #[test]
+    fn a_viewer_still_waiting_for_its_first_keyframe_asks_for_no_other() {
+        let t0 = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
+        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 7);
+        r.on_subscriber_ready(VIEWER, VIDEO, t0);
+        assert!(keyframe_requests(&mut r).is_empty());
+        let mut out = Vec::new();
+        r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

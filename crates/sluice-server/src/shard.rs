@@ -409,6 +409,10 @@ impl Shard {
                         join_ms = join.map_or(0, |j| j.as_millis() as u64),
                         "session connected"
                     );
+                    for track in 0..e.tracks.len() {
+                        self.router
+                            .on_subscriber_ready(id, TrackId(track as u32), now);
+                    }
                 }
             }
             SessionEvent::MediaAdded { mid, kind, rids } => {
