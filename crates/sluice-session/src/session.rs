@@ -134,7 +134,10 @@ struct Track {
 
 /// One WebRTC peer connection.
 pub struct Session {
-    rtc: Rtc,
+    /// str0m's state, about 10 KB: boxed, so the fields the forwarding
+    /// path reads for each viewer sit in a few cache lines of a small
+    /// struct (and the shard's session map holds small entries).
+    rtc: Box<Rtc>,
     role: Role,
     /// The client's offer as last applied (re-applied on ICE restart).
     offer: String,
@@ -198,7 +201,7 @@ impl Session {
         let (mut rtc, keys) = negotiate::new_rtc(config, role, now)?;
         let (answer, offered) = negotiate::accept_offer(&mut rtc, offer)?;
         let mut session = Session {
-            rtc,
+            rtc: Box::new(rtc),
             role,
             offer: offer.to_owned(),
             tracks: Vec::new(),
