@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 
-use sluice_session::Transmit;
+use sluice_session::{Buffers, Transmit};
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
@@ -35,6 +35,8 @@ const GSO_MAX_SEGMENTS: usize = 64;
 /// Datagrams waiting to be sent.
 pub(crate) struct Outbox {
     queue: Vec<Transmit>,
+    /// Buffers of sent datagrams, for the egress to seal the next ones in.
+    pub(crate) buffers: Buffers,
     /// Whether runs to one peer go as one GSO send; cleared, once and for
     /// good, when the kernel refuses a run but takes its first datagram
     /// alone.
@@ -45,6 +47,7 @@ impl Default for Outbox {
     fn default() -> Self {
         Outbox {
             queue: Vec::new(),
+            buffers: Buffers::default(),
             gso: cfg!(target_os = "linux"),
         }
     }
@@ -61,7 +64,7 @@ impl Outbox {
 
     /// Send everything queued. A datagram the kernel refuses (a full send
     /// buffer, an unreachable address) is dropped, as a lossy network would;
-    /// the rest still go.
+    /// the rest still go. The sent datagrams' buffers are kept for reuse.
     pub(crate) fn flush(&mut self, socket: &UdpSocket) {
         let mut sent = 0;
         while sent < self.queue.len() {
@@ -86,7 +89,9 @@ impl Outbox {
                 }
             }
         }
-        self.queue.clear();
+        for sent in self.queue.drain(..) {
+            self.buffers.give(sent.contents.into());
+        }
     }
 }
 

@@ -468,7 +468,9 @@ impl Shard {
                 if let Some(entry) = self.sessions.get_mut(&id) {
                     for resend in &resends {
                         if let Some(kept) = self.history.get(resend.source, resend.seq, now) {
-                            entry.session.resend(resend, kept, now);
+                            entry
+                                .session
+                                .resend(resend, kept, now, &mut self.outbox.buffers);
                         }
                     }
                     self.drive(id);
@@ -619,7 +621,11 @@ impl Shard {
                     continue;
                 };
                 let (source, rtp) = &self.batch.packets[*index as usize];
-                if viewer.session.write_rtp(mid, rtp, *source, &f.rewritten) {
+                let buffers = &mut self.outbox.buffers;
+                if viewer
+                    .session
+                    .write_rtp(mid, rtp, *source, &f.rewritten, buffers)
+                {
                     self.tally.packets_forwarded += 1;
                     self.tally.bytes_forwarded += rtp.packet.payload.len() as u64;
                     written = true;

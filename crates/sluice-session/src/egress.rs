@@ -39,6 +39,7 @@ use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, VideoOrientation};
 
 use sluice_router::SourceKey;
 
+use crate::buffers::Buffers;
 use crate::history::Kept;
 use crate::srtp::{SrtpContext, SrtpKeys, TAG_LEN};
 
@@ -440,6 +441,7 @@ impl Egress {
         (source, destination): Route,
         stream: usize,
         packet: &OutPacket,
+        buffers: &mut Buffers,
     ) -> bool {
         let Some(stream) = self.streams.get_mut(stream) else {
             return false;
@@ -449,6 +451,7 @@ impl Egress {
         }
         let video_orientation = packet.ext.video_orientation;
         let datagram = seal(
+            buffers,
             &self.send,
             stream,
             Header {
@@ -457,13 +460,13 @@ impl Egress {
                 seq: packet.seq,
                 ts: packet.ts,
                 marker: packet.marker,
+                osn: None,
             },
             Extensions {
                 audio_level: packet.ext.audio_level,
                 voice_activity: packet.ext.voice_activity,
                 video_orientation,
             },
-            None,
             packet.payload,
             packet.vp8,
         );
@@ -570,6 +573,7 @@ impl Egress {
         resend: &Resend,
         kept: &Kept,
         now: Instant,
+        buffers: &mut Buffers,
     ) {
         let Some(stream) = self.streams.iter_mut().find(|s| s.ids.ssrc == resend.ssrc) else {
             return;
@@ -594,6 +598,7 @@ impl Egress {
         let rtx_seq = stream.rtx_seq;
         stream.rtx_seq += 1;
         let datagram = seal(
+            buffers,
             &self.send,
             stream,
             Header {
@@ -602,12 +607,12 @@ impl Egress {
                 seq: rtx_seq,
                 ts: kept.ts.wrapping_add(shift.ts),
                 marker: kept.marker,
+                osn: Some(resend.seq_out as u16),
             },
             Extensions {
                 video_orientation: kept.video_orientation,
                 ..Extensions::default()
             },
-            Some(resend.seq_out as u16),
             &kept.payload,
             shift.vp8(kept.vp8),
         );
@@ -641,29 +646,32 @@ struct Header {
     seq: u64,
     ts: u32,
     marker: bool,
+    /// On an RTX stream, the original sequence number, written first in
+    /// the payload (RFC 4588).
+    osn: Option<u16>,
 }
 
-/// Build and seal one RTP datagram of `stream`: header, the extensions
-/// of `ext` the viewer negotiated (and the mid), the original sequence number
-/// first on an RTX stream (`osn`), then the payload with its VP8 ids
-/// rewritten.
+/// Build and seal one RTP datagram of `stream` in a buffer from
+/// `buffers`: header, the extensions of `ext` the viewer negotiated (and
+/// the mid), the original sequence number first on an RTX stream, then the
+/// payload with its VP8 ids rewritten.
 fn seal(
+    buffers: &mut Buffers,
     srtp: &SrtpContext,
     stream: &Stream,
     header: Header,
     ext: Extensions,
-    osn: Option<u16>,
     payload: &[u8],
     vp8: Option<(Option<u16>, Option<u8>)>,
 ) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(RTP_HEADER + MAX_EXTENSIONS + 2 + payload.len() + TAG_LEN);
+    let mut buf = buffers.take(RTP_HEADER + MAX_EXTENSIONS + 2 + payload.len() + TAG_LEN);
     buf.extend_from_slice(&[0x80, (u8::from(header.marker) << 7) | (header.pt & 0x7f)]);
     buf.extend_from_slice(&(header.seq as u16).to_be_bytes());
     buf.extend_from_slice(&header.ts.to_be_bytes());
     buf.extend_from_slice(&header.ssrc.to_be_bytes());
     write_extensions(&mut buf, stream, ext);
     let header_len = buf.len();
-    if let Some(osn) = osn {
+    if let Some(osn) = header.osn {
         buf.extend_from_slice(&osn.to_be_bytes());
     }
     let payload_at = buf.len();

@@ -7,6 +7,7 @@
 //! media comes out as [`SessionEvent::Rtp`]; outgoing media goes in through
 //! [`Session::write_rtp`].
 
+mod buffers;
 pub mod demux;
 mod dtls;
 mod egress;
@@ -16,6 +17,7 @@ pub mod session;
 mod srtp;
 pub mod trickle;
 
+pub use buffers::Buffers;
 pub use dtls::DtlsSetup;
 pub use egress::Resend;
 pub use negotiate::{NegotiateError, Role, SessionConfig};

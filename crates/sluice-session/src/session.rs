@@ -14,6 +14,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use sluice_router::{Codec, Rewritten, SourceKey};
 
+use crate::buffers::Buffers;
 use crate::demux;
 use crate::dtls::KeySlot;
 use crate::egress::{self, Egress, Origin, OutPacket, Resend, Route, StreamIds};
@@ -462,10 +463,11 @@ impl Session {
     }
 
     /// Resend `kept`, the publisher packet `resend` (from
-    /// [`SessionEvent::Resends`]) asked for, on the direct egress.
-    pub fn resend(&mut self, resend: &Resend, kept: &Kept, now: Instant) {
+    /// [`SessionEvent::Resends`]) asked for, on the direct egress, sealed
+    /// into a buffer from `buffers`.
+    pub fn resend(&mut self, resend: &Resend, kept: &Kept, now: Instant, buffers: &mut Buffers) {
         if let (Some(egress), Some(route)) = (&mut self.egress, self.route) {
-            egress.resend(route, resend, kept, now);
+            egress.resend(route, resend, kept, now, buffers);
         }
     }
 
@@ -729,13 +731,15 @@ impl Session {
     /// extensions go along. `from` is the publisher's stream, whose
     /// [`history::PacketHistory`] answers the viewer's NACKs. The packet
     /// is dropped if this peer did not negotiate the publisher's codec.
-    /// Returns whether it was queued.
+    /// The direct egress seals it into a buffer from `buffers`. Returns
+    /// whether it was queued.
     pub fn write_rtp(
         &mut self,
         mid: Mid,
         rtp: &IncomingRtp,
         from: SourceKey,
         rewritten: &Rewritten,
+        buffers: &mut Buffers,
     ) -> bool {
         if self.closed.is_some() || self.media_closed {
             return false;
@@ -791,7 +795,7 @@ impl Session {
             let Some(stream) = self.tracks[track].egress_stream else {
                 return false;
             };
-            return egress.write(route, stream, &written);
+            return egress.write(route, stream, &written, buffers);
         }
         self.rtc_timeout = None;
         let ext_vals = ExtensionValues {

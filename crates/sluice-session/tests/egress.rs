@@ -13,7 +13,9 @@ use common::{PEER, SERVER, config, connected, to_client};
 use sluice_router::{PublicationId, Rewritten, SourceKey};
 use sluice_session::demux;
 use sluice_session::history::{Kept, PacketHistory};
-use sluice_session::{IncomingRtp, MediaKind, Mid, Role, Session, SessionEvent, SessionOutput};
+use sluice_session::{
+    Buffers, IncomingRtp, MediaKind, Mid, Role, Session, SessionEvent, SessionOutput,
+};
 use str0m::media::MediaTime;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -69,7 +71,7 @@ fn forward(viewer: &mut Session, video: Mid, rtp: &IncomingRtp, seq: u64) -> boo
         ts: rtp.packet.header.timestamp,
         vp8: None,
     };
-    viewer.write_rtp(video, rtp, SOURCE, &rewritten)
+    viewer.write_rtp(video, rtp, SOURCE, &rewritten, &mut Buffers::default())
 }
 
 /// The publisher's client sends one small VP8 frame on `video`; returns
@@ -168,7 +170,8 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
                 SessionOutput::Event(SessionEvent::Resends(resends)) => {
                     for resend in &resends {
                         let kept = history.get(resend.source, resend.seq, now);
-                        viewer.resend(resend, kept.expect("NACKed packets are kept"), now);
+                        let kept = kept.expect("NACKed packets are kept");
+                        viewer.resend(resend, kept, now, &mut Buffers::default());
                     }
                 }
                 SessionOutput::Event(_) => {}
