@@ -108,15 +108,6 @@ impl Forwarder {
         }
     }
 
-    /// Start again from the target's next keyframe, keeping the target and
-    /// the outgoing numbering: for a subscriber that may never have
-    /// received what was forwarded so far.
-    pub fn restart(&mut self) {
-        if self.is_video {
-            self.current = None;
-        }
-    }
-
     /// Whether the forwarder waits for a keyframe of its target before it
     /// can forward anything from it.
     pub fn needs_keyframe(&self) -> bool {

@@ -135,6 +135,8 @@ struct Subscription {
     /// Its share of its session's bandwidth estimate, bits per second.
     budget_bps: Option<u64>,
     forwarder: Forwarder,
+    /// The subscriber can receive media ([`Router::on_subscriber_ready`]).
+    ready: bool,
 }
 
 #[derive(Debug)]
@@ -368,7 +370,8 @@ impl Router {
 
     /// Subscribe a session's outgoing track of `kind` to what `follow`
     /// names in `room`, rewriting with `forwarder`; it waits when nothing
-    /// matching is published yet.
+    /// matching is published yet. Nothing is forwarded to it until
+    /// [`Router::on_subscriber_ready`].
     pub fn subscribe(
         &mut self,
         room: &str,
@@ -392,6 +395,7 @@ impl Router {
             choice: LayerChoice::Auto,
             budget_bps: None,
             forwarder,
+            ready: false,
         };
         let location = self.place(&room_key, sub, source);
         self.subscriptions
@@ -560,7 +564,7 @@ impl Router {
         }
         let source = SourceKey { publication, layer };
         let mut waiting = false;
-        for sub in &mut p.subscriptions {
+        for sub in p.subscriptions.iter_mut().filter(|s| s.ready) {
             let before = sub.forwarder.current();
             if let Some(rewritten) = sub.forwarder.on_packet(source, meta) {
                 if before.is_some_and(|b| b.publication == publication && b.layer != layer) {
@@ -591,27 +595,6 @@ impl Router {
 
     /// A subscriber lost a picture (PLI/FIR) on `track`.
     pub fn on_keyframe_request(&mut self, session: SessionId, track: TrackId, now: Instant) {
-        self.request_keyframe_for(session, track, false, now);
-    }
-
-    /// A subscriber's session can now receive media (it connected). Video
-    /// its forwarder passed on before then may never have reached it (the
-    /// keyframe it started on among them), so a forwarder that has started
-    /// starts again from the next keyframe, and one is asked for.
-    pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId, now: Instant) {
-        self.request_keyframe_for(session, track, true, now);
-    }
-
-    /// Ask the publisher of `session`'s `track` for a keyframe of the layer
-    /// it forwards or aims at (through its throttle); with `restart`, only
-    /// if the forwarder has started, and it starts again from that keyframe.
-    fn request_keyframe_for(
-        &mut self,
-        session: SessionId,
-        track: TrackId,
-        restart: bool,
-        now: Instant,
-    ) {
         let Some((_, Location::Feed(id))) = self.subscriptions.get(&(session, track)) else {
             return;
         };
@@ -621,17 +604,11 @@ impl Router {
         };
         let Some(sub) = p
             .subscriptions
-            .iter_mut()
+            .iter()
             .find(|s| s.session == session && s.track == track)
         else {
             return;
         };
-        if restart {
-            if sub.kind != MediaKind::Video || sub.forwarder.current().is_none() {
-                return;
-            }
-            sub.forwarder.restart();
-        }
         let Some(layer) = sub
             .forwarder
             .current()
@@ -648,6 +625,32 @@ impl Router {
                 publication: id,
                 layer,
             });
+        }
+    }
+
+    /// A subscriber's session can now receive media (it connected).
+    /// Until then its subscription forwards nothing, so the keyframe it
+    /// starts on is one it gets: a keyframe that went by while it was
+    /// still connecting would start its forwarder and leave it without a
+    /// picture until the publisher's next one. From now on, if it waits
+    /// for a keyframe, the next packet of its layer asks for one.
+    pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId) {
+        let Some((room, location)) = self.subscriptions.get(&(session, track)) else {
+            return;
+        };
+        let mine = |s: &&mut Subscription| s.session == session && s.track == track;
+        let sub = match *location {
+            Location::Feed(id) => self
+                .publications
+                .get_mut(&id)
+                .and_then(|p| p.subscriptions.iter_mut().find(mine)),
+            Location::Parked => self
+                .rooms
+                .get_mut(room)
+                .and_then(|r| r.parked.iter_mut().find(mine)),
+        };
+        if let Some(sub) = sub {
+            sub.ready = true;
         }
     }
 
@@ -759,6 +762,7 @@ mod tests {
         };
         let forwarder = Forwarder::new(video, clock_rate, seed);
         r.subscribe("live", session, track, kind, Follow::Room, forwarder);
+        r.on_subscriber_ready(session, track);
     }
 
     fn keyframe_requests(router: &mut Router) -> Vec<RouterEvent> {
@@ -837,22 +841,32 @@ mod tests {
     }
 
     #[test]
-    fn a_viewer_that_connects_after_its_keyframe_went_by_gets_a_new_one() {
+    fn a_viewer_gets_nothing_until_it_can_receive_then_asks_for_a_keyframe() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut r = Router::new(RouterConfig::default());
         let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
-        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 7);
+        let forwarder = Forwarder::new(true, 90_000, 7);
+        r.subscribe(
+            "live",
+            VIEWER,
+            VIDEO,
+            MediaKind::Video,
+            Follow::Room,
+            forwarder,
+        );
         let mut out = Vec::new();
-        // The publisher's keyframe and a delta frame are forwarded while
-        // the viewer's session is still connecting (and drops them).
+        // The publisher's keyframe and a delta frame go by while the
+        // viewer's session is still connecting: not forwarded, and no
+        // keyframe is asked for on its behalf.
         r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
         r.on_packet(a, 0, &meta(2, 3000, false, t0 + ms(33)), &mut out);
-        assert_eq!(out.len(), 2);
+        assert!(out.is_empty());
         assert!(keyframe_requests(&mut r).is_empty());
-        // It connects: a keyframe is asked for at once, and nothing is
-        // forwarded until it comes.
-        r.on_subscriber_ready(VIEWER, VIDEO, t0 + ms(40));
+        // It connects: the next packet asks for a keyframe, which starts it.
+        r.on_subscriber_ready(VIEWER, VIDEO);
+        r.on_packet(a, 0, &meta(3, 6000, false, t0 + ms(66)), &mut out);
+        assert!(out.is_empty());
         assert_eq!(
             keyframe_requests(&mut r),
             vec![RouterEvent::RequestKeyframe {
@@ -861,26 +875,7 @@ mod tests {
                 layer: 0
             }]
         );
-        let last_sent = out[1].rewritten.seq;
-        out.clear();
-        r.on_packet(a, 0, &meta(3, 6000, false, t0 + ms(66)), &mut out);
-        assert!(out.is_empty());
         r.on_packet(a, 0, &meta(4, 9000, true, t0 + ms(99)), &mut out);
-        assert_eq!(out.len(), 1);
-        // Its numbering goes on from what it was sent before.
-        assert_eq!(out[0].rewritten.seq, last_sent + 1);
-    }
-
-    #[test]
-    fn a_viewer_still_waiting_for_its_first_keyframe_asks_for_no_other() {
-        let t0 = Instant::now();
-        let mut r = Router::new(RouterConfig::default());
-        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
-        watch(&mut r, VIEWER, VIDEO, MediaKind::Video, 7);
-        r.on_subscriber_ready(VIEWER, VIDEO, t0);
-        assert!(keyframe_requests(&mut r).is_empty());
-        let mut out = Vec::new();
-        r.on_packet(a, 0, &meta(1, 0, true, t0), &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -1079,6 +1074,7 @@ mod tests {
             follow_alice,
             forwarder,
         );
+        r.on_subscriber_ready(tile, VIDEO);
         let a1 = r.publish(
             "live",
             PUBLISHER_A,

@@ -410,8 +410,7 @@ impl Shard {
                         "session connected"
                     );
                     for track in 0..e.tracks.len() {
-                        self.router
-                            .on_subscriber_ready(id, TrackId(track as u32), now);
+                        self.router.on_subscriber_ready(id, TrackId(track as u32));
                     }
                 }
             }
