@@ -75,7 +75,7 @@ for scenario in "${@:-a b c d}"; do
             e) run e --room multi --rooms 10 --publishers 1 --subscribers "${VIEWERS_PER_ROOM:-70}" --simulcast \
                    --ramp 100 --duration "$duration" ;;
             capacity) run capacity --room cap --publishers 1 --simulcast --find-capacity \
-                   --step 150 --max-subscribers 1500 --duration 5s ;;
+                   --step 150 --max-subscribers 2400 --duration 5s ;;
             *) echo "unknown scenario $s (a, b, c, d, e or capacity)" >&2; exit 2 ;;
         esac
     done
