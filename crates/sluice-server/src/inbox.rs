@@ -1,7 +1,8 @@
 //! Incoming datagrams with the time the kernel received them (Linux:
 //! `SO_TIMESTAMPNS`), so the server's added latency counts the time a
 //! datagram waited in the socket's queue while the shard was busy, not
-//! only the time from reading it to sending what it brought.
+//! only the time from reading it to sending what it brought. The load
+//! tester's probes read with it too, for the same reason on their side.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,24 +12,25 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// One datagram read from the socket.
-pub(crate) struct Received {
+pub struct Received {
     /// Bytes of the datagram at the start of the buffer.
-    pub(crate) len: usize,
-    pub(crate) source: SocketAddr,
+    pub len: usize,
+    /// Where it came from.
+    pub source: SocketAddr,
     /// When the kernel received it; when it was read where the kernel does
     /// not say.
-    pub(crate) arrived: SystemTime,
+    pub arrived: SystemTime,
 }
 
 /// Ask the kernel to stamp each datagram `socket` receives.
 #[cfg(target_os = "linux")]
-pub(crate) fn stamp_arrivals(socket: &UdpSocket) -> io::Result<()> {
+pub fn stamp_arrivals(socket: &UdpSocket) -> io::Result<()> {
     crate::outbox::set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// Systems other than Linux are not asked.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn stamp_arrivals(_: &UdpSocket) -> io::Result<()> {
+pub fn stamp_arrivals(_: &UdpSocket) -> io::Result<()> {
     Ok(())
 }
 
@@ -37,61 +39,64 @@ pub(crate) fn stamp_arrivals(_: &UdpSocket) -> io::Result<()> {
 /// again).
 #[cfg(target_os = "linux")]
 pub(crate) fn try_recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    socket.try_io(Interest::READABLE, || recv_now(socket, buf))
+}
+
+/// One `recvmsg` call on `socket` (made non-blocking): the next queued
+/// datagram, read into `buf`, with its arrival time; `WouldBlock` when
+/// none is queued. The caller handles readiness (tokio's `try_io` or
+/// `async_io`).
+#[cfg(target_os = "linux")]
+pub fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     use std::os::fd::AsRawFd;
 
     /// Room for one `timespec` control message, aligned for `cmsghdr`.
     #[repr(C, align(8))]
     struct Control([u8; 64]);
 
-    socket.try_io(Interest::READABLE, || {
-        // SAFETY (zeroed): plain C structs for which all-zero bytes are
-        // valid.
-        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut control = Control([0; 64]);
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_name = &mut addr as *mut libc::sockaddr_storage as *mut libc::c_void;
-        hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
-        hdr.msg_controllen = control.0.len() as _;
-        // SAFETY: every pointer in `hdr` points at a live buffer of the
-        // length given with it.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut hdr, libc::MSG_DONTWAIT) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let source = read_sockaddr(&addr)
-            .ok_or_else(|| io::Error::other("datagram from an address of unknown family"))?;
-        // SAFETY: the kernel filled `control` up to `msg_controllen` with
-        // well-formed control messages, which the CMSG macros walk.
-        let stamped = unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
-            let mut stamped = None;
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET
-                    && (*cmsg).cmsg_type == libc::SO_TIMESTAMPNS
-                {
-                    let ts =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
-                    stamped = Some(
-                        SystemTime::UNIX_EPOCH
-                            + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
-                    );
-                }
-                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+    // SAFETY (zeroed): plain C structs for which all-zero bytes are valid.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = Control([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = &mut addr as *mut libc::sockaddr_storage as *mut libc::c_void;
+    hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+    hdr.msg_controllen = control.0.len() as _;
+    // SAFETY: every pointer in `hdr` points at a live buffer of the length
+    // given with it.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut hdr, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let source = read_sockaddr(&addr)
+        .ok_or_else(|| io::Error::other("datagram from an address of unknown family"))?;
+    // SAFETY: the kernel filled `control` up to `msg_controllen` with
+    // well-formed control messages, which the CMSG macros walk.
+    let stamped = unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        let mut stamped = None;
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
+                stamped = Some(
+                    SystemTime::UNIX_EPOCH
+                        + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                );
             }
-            stamped
-        };
-        Ok(Received {
-            len: n as usize,
-            source,
-            arrived: stamped.unwrap_or_else(SystemTime::now),
-        })
+            cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+        }
+        stamped
+    };
+    Ok(Received {
+        len: n as usize,
+        source,
+        arrived: stamped.unwrap_or_else(SystemTime::now),
     })
 }
 

@@ -12,7 +12,7 @@
 pub mod admin;
 mod control;
 pub mod events;
-mod inbox;
+pub mod inbox;
 pub mod metrics;
 mod outbox;
 mod quota;

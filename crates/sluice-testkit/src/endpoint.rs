@@ -213,7 +213,7 @@ fn prepare(socket: &UdpSocket) -> std::io::Result<()> {
 
 /// Set an integer socket option.
 pub(crate) fn set_int(
-    socket: &impl AsRawFd,
+    socket: &UdpSocket,
     level: libc::c_int,
     option: libc::c_int,
     value: libc::c_int,

@@ -447,7 +447,7 @@ fn control(hdr: &libc::msghdr) -> (Option<usize>, Option<Ipv4Addr>) {
 }
 
 /// A C socket address as a Rust one (IPv4 and IPv6 only).
-pub(crate) fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
