@@ -769,6 +769,15 @@ mod tests {
         std::iter::from_fn(|| router.poll_event()).collect()
     }
 
+    /// A keyframe request for the only layer of publisher A's `publication`.
+    fn layer_0_of_a(publication: PublicationId) -> RouterEvent {
+        RouterEvent::RequestKeyframe {
+            session: PUBLISHER_A,
+            publication,
+            layer: 0,
+        }
+    }
+
     #[test]
     fn viewer_waiting_before_publisher_follows_publisher_changes() {
         let t0 = Instant::now();
@@ -783,14 +792,7 @@ mod tests {
         r.on_packet(a, 0, &meta(100, 0, false, t0), &mut out);
         r.on_packet(a, 0, &meta(101, 0, false, t0 + ms(1)), &mut out);
         assert!(out.is_empty());
-        assert_eq!(
-            keyframe_requests(&mut r),
-            vec![RouterEvent::RequestKeyframe {
-                session: PUBLISHER_A,
-                publication: a,
-                layer: 0
-            }]
-        );
+        assert_eq!(keyframe_requests(&mut r), vec![layer_0_of_a(a)]);
         for i in 0..30u64 {
             r.on_packet(
                 a,
@@ -867,14 +869,7 @@ mod tests {
         r.on_subscriber_ready(VIEWER, VIDEO);
         r.on_packet(a, 0, &meta(3, 6000, false, t0 + ms(66)), &mut out);
         assert!(out.is_empty());
-        assert_eq!(
-            keyframe_requests(&mut r),
-            vec![RouterEvent::RequestKeyframe {
-                session: PUBLISHER_A,
-                publication: a,
-                layer: 0
-            }]
-        );
+        assert_eq!(keyframe_requests(&mut r), vec![layer_0_of_a(a)]);
         r.on_packet(a, 0, &meta(4, 9000, true, t0 + ms(99)), &mut out);
         assert_eq!(out.len(), 1);
     }
