@@ -600,8 +600,14 @@ impl Shard {
     /// (one GSO send where their sizes allow).
     fn write_batch(&mut self, now: Instant) {
         let mut writes = std::mem::take(&mut self.batch.writes);
-        // Packet order within each viewer is kept: it is the index order.
-        writes.sort_unstable_by_key(|(f, index)| (f.session, *index));
+        // Within a viewer, video goes before audio so that an audio
+        // datagram (always shorter) can end the viewer's GSO run rather
+        // than go alone; each stream keeps its order (the index order).
+        let packets = &self.batch.packets;
+        writes.sort_unstable_by_key(|(f, index)| {
+            let audio = !packets[*index as usize].1.params.spec().codec.is_video();
+            (f.session, audio, *index)
+        });
         let mut at = 0;
         while at < writes.len() {
             let id = writes[at].0.session;
@@ -610,6 +616,15 @@ impl Shard {
                 .iter()
                 .position(|(f, _)| f.session != id)
                 .map_or(writes.len(), |n| at + n);
+            // With hundreds of viewers each one's state is out of the cache
+            // by its turn: the next one's tracks and streams start loading
+            // while this one is written.
+            if let Some(next) = writes
+                .get(end)
+                .and_then(|(f, _)| self.sessions.get(&f.session))
+            {
+                next.session.prefetch();
+            }
             let Some(viewer) = self.sessions.get_mut(&id) else {
                 at = end;
                 continue;

@@ -40,6 +40,7 @@ use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, VideoOrientation};
 use sluice_router::SourceKey;
 
 use crate::buffers::Buffers;
+use crate::cache;
 use crate::history::Kept;
 use crate::srtp::{SrtpContext, SrtpKeys, TAG_LEN};
 
@@ -431,6 +432,12 @@ impl Egress {
     /// The index of the stream of `mid`, for [`Egress::write`].
     pub fn stream_of(&self, mid: Mid) -> Option<usize> {
         self.streams.iter().position(|s| s.ids.mid == mid)
+    }
+
+    /// Start loading into the CPU's caches the streams an
+    /// [`Egress::write`] touches (see [`crate::Session::prefetch`]).
+    pub fn prefetch(&self) {
+        cache::prefetch(self.streams.as_slice());
     }
 
     /// Make the datagram of `packet` on stream `stream` (from

@@ -8,6 +8,7 @@
 //! [`Session::write_rtp`].
 
 mod buffers;
+mod cache;
 pub mod demux;
 mod dtls;
 mod egress;
