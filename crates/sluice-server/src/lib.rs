@@ -76,6 +76,10 @@ pub fn start(
             viewer_bwe_initial_bps: config.viewer_bwe_initial_bps,
             direct_egress: config.direct_egress,
         };
+        if index == 0 {
+            sluice_session::warm_up(&session_config)
+                .map_err(|e| std::io::Error::other(format!("cannot make a WebRTC session: {e}")))?;
+        }
         let (tx, rx) = mpsc::channel(1024);
         let shared = shard::Shared {
             config: config.clone(),

@@ -21,7 +21,7 @@ pub mod trickle;
 pub use buffers::Buffers;
 pub use dtls::DtlsSetup;
 pub use egress::Resend;
-pub use negotiate::{NegotiateError, Role, SessionConfig};
+pub use negotiate::{NegotiateError, Role, SessionConfig, warm_up};
 pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput};
 pub use str0m::format::PayloadParams;
 pub use str0m::media::{MediaKind, Mid};

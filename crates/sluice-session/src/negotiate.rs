@@ -101,6 +101,17 @@ pub(crate) fn new_rtc(
     Ok((rtc, keys))
 }
 
+/// Do ahead of the first session the work it would otherwise do for the
+/// whole process: seed the crypto library's random generator (aws-lc
+/// gathers CPU jitter for that, tens of milliseconds of CPU), make the
+/// server's DTLS certificate and build and validate the DTLS
+/// configuration. Left to the first session, that work lands on the
+/// server's core while the first viewers join and media flows. Fails if
+/// `config` or the crypto library cannot make a session at all.
+pub fn warm_up(config: &SessionConfig) -> Result<(), NegotiateError> {
+    new_rtc(config, Role::Viewer, Instant::now()).map(drop)
+}
+
 /// str0m's standard header extensions without the two that only feed a
 /// sender's bandwidth estimation (transport-wide sequence numbers and
 /// absolute send time). A viewer's session without estimation leaves them
