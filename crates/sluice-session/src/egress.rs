@@ -437,6 +437,7 @@ impl Egress {
     /// Start loading into the CPU's caches the streams an
     /// [`Egress::write`] touches (see [`crate::Session::prefetch`]).
     pub fn prefetch(&self) {
+        self.send.prefetch_rtp();
         cache::prefetch(self.streams.as_slice());
     }
 
