@@ -23,6 +23,8 @@ pub use control::{
     ServerConfig, SessionEnd, SessionRequest, shard_of_room,
 };
 pub use metrics::Metrics;
+#[cfg(target_os = "linux")]
+pub use outbox::set_int_option;
 pub use sluice_router::LayerChoice;
 pub use sluice_session::{NegotiateError, Role};
 

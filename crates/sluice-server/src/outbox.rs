@@ -252,16 +252,15 @@ pub(crate) fn set_dont_fragment(socket: &UdpSocket) -> std::io::Result<()> {
     )
 }
 
-/// Set the integer socket option `level`/`name` of `socket` to `value`.
+/// Set the integer socket option `level`/`name` of `socket` to `value`
+/// (the load tester's sockets use it too).
 #[cfg(target_os = "linux")]
-pub(crate) fn set_int_option(
-    socket: &UdpSocket,
+pub fn set_int_option(
+    socket: &impl std::os::fd::AsRawFd,
     level: libc::c_int,
     name: libc::c_int,
     value: libc::c_int,
 ) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-
     // SAFETY: the option value is a c_int that outlives the call, and its
     // size is passed along.
     let rc = unsafe {

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
+use sluice_server::set_int_option;
 
 /// The block that subscribers on the shared socket take their addresses
 /// from (`127.1.0.0/16`, all loopback).
@@ -115,13 +116,13 @@ pub fn share_one_socket() -> std::io::Result<()> {
     prepare(&socket)?;
     // Past net.core.rmem_max only with CAP_NET_ADMIN; without it the
     // kernel caps the size, and a busy run may lose datagrams to that.
-    set_int(
+    set_int_option(
         &socket,
         libc::SOL_SOCKET,
         libc::SO_RCVBUFFORCE,
         SHARED_RCVBUF,
     )
-    .or_else(|_| set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, SHARED_RCVBUF))?;
+    .or_else(|_| set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, SHARED_RCVBUF))?;
     let granted = receive_buffer(&socket)?;
     if granted < SHARED_RCVBUF {
         eprintln!(
@@ -206,32 +207,8 @@ fn is_up(name: &str) -> std::io::Result<bool> {
 /// read on its own, which still works).
 fn prepare(socket: &UdpSocket) -> std::io::Result<()> {
     socket.set_nonblocking(true)?;
-    set_int(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
-    let _ = set_int(socket, libc::SOL_UDP, libc::UDP_GRO, 1);
-    Ok(())
-}
-
-/// Set an integer socket option.
-pub(crate) fn set_int(
-    socket: &UdpSocket,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: the option value is a c_int that outlives the call, and its
-    // size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            &value as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    set_int_option(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    let _ = set_int_option(socket, libc::SOL_UDP, libc::UDP_GRO, 1);
     Ok(())
 }
 

@@ -474,7 +474,7 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::set_int;
+    use sluice_server::set_int_option;
 
     /// An SRTP-shaped packet: RTP header (version 2, `seq`, `ssrc`), then
     /// `payload` bytes and a 16-byte tag.
@@ -490,7 +490,7 @@ mod tests {
     /// Send `run` as one buffer the kernel cuts into datagrams of
     /// `segment` bytes (UDP GSO), so the receiver sees a GRO run.
     fn send_run(socket: &UdpSocket, to: SocketAddr, run: &[u8], segment: u16) {
-        set_int(
+        set_int_option(
             socket,
             libc::SOL_UDP,
             libc::UDP_SEGMENT,
