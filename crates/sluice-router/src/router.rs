@@ -99,14 +99,15 @@ pub struct PublicationInfo {
 /// Tunables of the router.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    /// At most one keyframe request per publication layer in this interval.
+    /// At most one keyframe request per publication in this interval
+    /// (libwebrtc ignores requests closer than 300 ms).
     pub keyframe_interval: Duration,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
-            keyframe_interval: Duration::from_millis(200),
+            keyframe_interval: Duration::from_millis(350),
         }
     }
 }
@@ -151,7 +152,7 @@ struct Publication {
     muted: bool,
     /// When layer activity was last re-evaluated.
     layers_checked: Option<Instant>,
-    throttles: Vec<KeyframeThrottle>,
+    keyframes: KeyframeThrottle,
     subscriptions: Vec<Subscription>,
 }
 
@@ -285,7 +286,7 @@ impl Router {
         self.next_publication += 1;
         let room_key = self.room_key(room);
         let layers = Layers::new(rids);
-        let throttles = vec![KeyframeThrottle::new(self.config.keyframe_interval); layers.len()];
+        let keyframes = KeyframeThrottle::new(self.config.keyframe_interval, layers.len());
         let mut publication = Publication {
             room: room_key.clone(),
             session,
@@ -294,7 +295,7 @@ impl Router {
             layers,
             muted: false,
             layers_checked: None,
-            throttles,
+            keyframes,
             subscriptions: Vec::new(),
         };
         let room = self.rooms.entry(room_key).or_default();
@@ -579,12 +580,10 @@ impl Router {
             waiting |= sub.forwarder.needs_keyframe()
                 && sub.forwarder.target().is_some_and(|t| t.layer == layer);
         }
-        let Some(throttle) = p.throttles.get_mut(usize::from(layer)) else {
-            return;
-        };
+        let index = usize::from(layer);
         if meta.keyframe {
-            throttle.on_keyframe();
-        } else if (waiting && throttle.request(now)) || throttle.poll(now) {
+            p.keyframes.on_keyframe(index);
+        } else if (waiting && p.keyframes.request(index, now)) || p.keyframes.poll(index, now) {
             self.events.push_back(RouterEvent::RequestKeyframe {
                 session: p.session,
                 publication,
@@ -617,9 +616,7 @@ impl Router {
         else {
             return;
         };
-        if let Some(throttle) = p.throttles.get_mut(usize::from(layer))
-            && throttle.request(now)
-        {
+        if p.keyframes.request(usize::from(layer), now) {
             self.events.push_back(RouterEvent::RequestKeyframe {
                 session: p.session,
                 publication: id,
@@ -899,12 +896,14 @@ mod tests {
             r.on_keyframe_request(SessionId(100 + v), VIDEO, t0 + ms(1000 + v));
         }
         assert_eq!(keyframe_requests(&mut r).len(), 1);
-        // The keyframe answers everyone; a later PLI goes out 200 ms (the
+        // The keyframe answers everyone; a later PLI goes out 350 ms (the
         // default minimum interval) after the last request.
         r.on_packet(a, 0, &meta(3, 0, true, t0 + ms(1100)), &mut out);
         r.on_keyframe_request(SessionId(100), VIDEO, t0 + ms(1150));
         assert!(keyframe_requests(&mut r).is_empty());
-        r.on_packet(a, 0, &meta(4, 0, false, t0 + ms(1200)), &mut out);
+        r.on_packet(a, 0, &meta(4, 0, false, t0 + ms(1300)), &mut out);
+        assert!(keyframe_requests(&mut r).is_empty());
+        r.on_packet(a, 0, &meta(5, 0, false, t0 + ms(1350)), &mut out);
         assert_eq!(keyframe_requests(&mut r).len(), 1);
         // Unknown subscribers are ignored.
         r.on_keyframe_request(SessionId(999), VIDEO, t0 + ms(2000));

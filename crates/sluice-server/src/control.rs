@@ -23,7 +23,8 @@ pub struct ServerConfig {
     pub public_ip: Option<IpAddr>,
     /// A peer silent for this long is dropped (RFC 7675 consent).
     pub consent_timeout: Duration,
-    /// At most one keyframe request per publication layer per interval.
+    /// At most one keyframe request per publication (all its layers) per
+    /// interval.
     pub keyframe_interval: Duration,
     /// Where viewers' bandwidth estimates start (bits per second); `None`
     /// turns estimation off.
@@ -60,7 +61,7 @@ impl Default for ServerConfig {
         ServerConfig {
             public_ip: None,
             consent_timeout: Duration::from_secs(30),
-            keyframe_interval: Duration::from_millis(200),
+            keyframe_interval: Duration::from_millis(350),
             viewer_bwe_initial_bps: None,
             direct_egress: true,
             limits: Limits::default(),

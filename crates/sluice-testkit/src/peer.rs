@@ -202,7 +202,8 @@ pub struct PeerState {
     /// Video packets received per simulcast layer tag (index 1 to 3 for
     /// q, h, f; 0 for a publisher without simulcast), full subscribers only.
     pub video_layers: [u64; 4],
-    /// Keyframe requests received from the server (publisher).
+    /// Keyframe requests received from the server (publisher), honoured
+    /// or not (see `KEYFRAME_REQUEST_FLOOR`).
     pub keyframe_requests: u32,
     /// HTTP status of each ICE restart PATCH, in order.
     pub ice_restarts: Vec<u16>,
@@ -358,6 +359,7 @@ impl Peer {
             },
             paced: VecDeque::new(),
             pacer: Pacer::new(options.pacer_burst, Instant::now()),
+            keyframe_honoured: None,
             arrived: None,
             keep_packets: options.keep_packets,
             clips: options.clips,
@@ -654,6 +656,10 @@ const MAX_DUE_IN_A_ROW: u32 = 8;
 
 /// Time between video frames (30 fps).
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+/// A publisher ignores keyframe requests closer than this to the last one
+/// it honoured, whatever their layer, as a browser does (libwebrtc's
+/// `EncoderRtcpFeedback`).
+const KEYFRAME_REQUEST_FLOOR: Duration = Duration::from_millis(300);
 
 /// The items of `queues` one from each queue in turn, with the index of
 /// the queue each came from. A browser's pacer serves the streams of one
@@ -725,6 +731,8 @@ struct Driver {
     paced: VecDeque<PacedPacket>,
     /// When they may leave.
     pacer: Pacer,
+    /// When the last keyframe request was honoured.
+    keyframe_honoured: Option<Instant>,
     /// When the datagram str0m handles last reached the peer's socket
     /// (the kernel's stamp), for the latency of the packets it brings.
     arrived: Option<Instant>,
@@ -843,12 +851,20 @@ impl Driver {
             Event::Connected => self.state.lock().connected = true,
             Event::IceConnectionStateChange(state) => self.state.lock().ice_states.push(state),
             Event::KeyframeRequest(req) => {
+                self.state.lock().keyframe_requests += 1;
+                let now = Instant::now();
+                if self
+                    .keyframe_honoured
+                    .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_FLOOR)
+                {
+                    return;
+                }
+                self.keyframe_honoured = Some(now);
                 for layer in &mut self.layers {
                     if req.rid.is_none() || layer.rid == req.rid {
                         layer.media.request_keyframe();
                     }
                 }
-                self.state.lock().keyframe_requests += 1;
             }
             Event::RtpPacket(p) => {
                 let mid = self

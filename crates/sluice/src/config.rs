@@ -200,7 +200,8 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// Seconds of silence after which a peer is dropped.
     pub consent_timeout_secs: u64,
-    /// Minimum milliseconds between keyframe requests per layer.
+    /// Minimum milliseconds between keyframe requests to a publisher (all
+    /// its layers together).
     pub keyframe_interval_ms: u64,
     /// Where a viewer's bandwidth estimate starts, kbit/s; 0 (the default)
     /// leaves bandwidth estimation, and the layer choice it drives, off.
@@ -245,7 +246,7 @@ impl Default for MediaConfig {
             shards: 1,
             public_ip: None,
             consent_timeout_secs: 30,
-            keyframe_interval_ms: 200,
+            keyframe_interval_ms: 350,
             viewer_start_bitrate_kbps: 0,
             direct_egress: true,
         }
