@@ -629,25 +629,52 @@ impl Router {
     /// Until then its subscription forwards nothing, so the keyframe it
     /// starts on is one it gets: a keyframe that went by while it was
     /// still connecting would start its forwarder and leave it without a
-    /// picture until the publisher's next one. From now on, if it waits
-    /// for a keyframe, the next packet of its layer asks for one.
-    pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId) {
-        let Some((room, location)) = self.subscriptions.get(&(session, track)) else {
-            return;
-        };
+    /// picture until the publisher's next one. Returns the source the
+    /// subscription waits for a keyframe of, if it does: the server may
+    /// start it at once on a keyframe kept from that source
+    /// ([`Router::replay`]). Otherwise the next packet of that source asks
+    /// for one.
+    pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId) -> Option<SourceKey> {
+        let sub = self.subscription_mut(session, track)?;
+        sub.ready = true;
+        sub.forwarder
+            .needs_keyframe()
+            .then(|| sub.forwarder.target())
+            .flatten()
+    }
+
+    /// Offer a subscription that just became ready a packet of `source`
+    /// that arrived before it did, oldest first from a keyframe: the
+    /// rewritten header to send it with, if the subscription takes it.
+    pub fn replay(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+        source: SourceKey,
+        meta: &PacketMeta,
+    ) -> Option<Rewritten> {
+        let sub = self.subscription_mut(session, track)?;
+        if !sub.ready {
+            return None;
+        }
+        sub.forwarder.on_packet(source, meta)
+    }
+
+    fn subscription_mut(
+        &mut self,
+        session: SessionId,
+        track: TrackId,
+    ) -> Option<&mut Subscription> {
+        let (room, location) = self.subscriptions.get(&(session, track))?;
         let mine = |s: &&mut Subscription| s.session == session && s.track == track;
-        let sub = match *location {
+        match *location {
             Location::Feed(id) => self
                 .publications
-                .get_mut(&id)
-                .and_then(|p| p.subscriptions.iter_mut().find(mine)),
-            Location::Parked => self
-                .rooms
-                .get_mut(room)
-                .and_then(|r| r.parked.iter_mut().find(mine)),
-        };
-        if let Some(sub) = sub {
-            sub.ready = true;
+                .get_mut(&id)?
+                .subscriptions
+                .iter_mut()
+                .find(mine),
+            Location::Parked => self.rooms.get_mut(room)?.parked.iter_mut().find(mine),
         }
     }
 
@@ -869,6 +896,58 @@ mod tests {
         assert_eq!(keyframe_requests(&mut r), vec![layer_0_of_a(a)]);
         r.on_packet(a, 0, &meta(4, 9000, true, t0 + ms(99)), &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_viewer_that_connects_after_a_keyframe_can_start_on_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
+        let source = SourceKey {
+            publication: a,
+            layer: 0,
+        };
+        let mut out = Vec::new();
+        r.on_packet(a, 0, &meta(1, 0, false, t0), &mut out);
+        let forwarder = Forwarder::new(true, 90_000, 7);
+        r.subscribe(
+            "live",
+            VIEWER,
+            VIDEO,
+            MediaKind::Video,
+            Follow::Room,
+            forwarder,
+        );
+        // Asked for at its offer; the keyframe and a delta frame come
+        // before it connects.
+        r.on_keyframe_request(VIEWER, VIDEO, t0 + ms(10));
+        assert_eq!(keyframe_requests(&mut r), vec![layer_0_of_a(a)]);
+        let keyframe = meta(2, 3000, true, t0 + ms(40));
+        let delta = meta(3, 6000, false, t0 + ms(73));
+        r.on_packet(a, 0, &keyframe, &mut out);
+        r.on_packet(a, 0, &delta, &mut out);
+        assert!(out.is_empty());
+        assert!(
+            r.replay(VIEWER, VIDEO, source, &keyframe).is_none(),
+            "not before it is ready"
+        );
+        // Ready: it waits for a keyframe of its source, and starts on the
+        // kept ones, in order, as the live packets continue them.
+        assert_eq!(r.on_subscriber_ready(VIEWER, VIDEO), Some(source));
+        assert!(
+            r.replay(VIEWER, VIDEO, source, &delta).is_none(),
+            "not on a delta frame"
+        );
+        let first = r.replay(VIEWER, VIDEO, source, &keyframe).unwrap();
+        let second = r.replay(VIEWER, VIDEO, source, &delta).unwrap();
+        assert_eq!(second.seq, first.seq + 1);
+        r.on_packet(a, 0, &meta(4, 9000, false, t0 + ms(106)), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rewritten.seq, second.seq + 1);
+        assert!(keyframe_requests(&mut r).is_empty(), "no second request");
+        // A viewer that started has nothing to wait for.
+        assert_eq!(r.on_subscriber_ready(VIEWER, VIDEO), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sluice_session::demux::stun_server_ufrag;
 use sluice_session::history::{Kept, PacketHistory};
 use sluice_session::{
     CloseReason, IncomingRtp, Mid, Role, SdpFrag, Session, SessionConfig, SessionEvent,
-    SessionOutput,
+    SessionOutput, Vp8Descriptor,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
@@ -43,6 +43,11 @@ const AUDIO_SHARE_BPS: u64 = 64_000;
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
+/// How recent a kept keyframe must be for a viewer that connects to start
+/// on it and the packets since, sent at once: beyond this the burst
+/// would be long, and a keyframe asked for at the viewer's offer has come
+/// well within it.
+const START_WINDOW: Duration = Duration::from_millis(500);
 /// How often per-packet counts are added to the Prometheus counters.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
 /// Remote addresses one session may be reached from (ICE candidates that
@@ -368,23 +373,27 @@ impl Shard {
     fn process_events(&mut self, now: Instant) {
         while let Some((id, event)) = self.events.pop_front() {
             self.on_session_event(id, event, now);
-            while let Some(event) = self.router.poll_event() {
-                let sluice_router::RouterEvent::RequestKeyframe {
-                    session,
-                    publication,
-                    layer,
-                } = event;
-                if let Some(entry) = self.sessions.get_mut(&session)
-                    && let Some((mid, _)) =
-                        entry.publications.iter().find(|(_, p)| *p == publication)
-                {
-                    entry.session.request_keyframe(*mid, layer);
-                    self.metrics
-                        .keyframe_requests
-                        .with_label_values(&["to_publishers"])
-                        .inc();
-                    self.drive(session);
-                }
+            self.on_router_events();
+        }
+    }
+
+    /// Send the keyframe requests the router asked for.
+    fn on_router_events(&mut self) {
+        while let Some(event) = self.router.poll_event() {
+            let sluice_router::RouterEvent::RequestKeyframe {
+                session,
+                publication,
+                layer,
+            } = event;
+            if let Some(entry) = self.sessions.get_mut(&session)
+                && let Some((mid, _)) = entry.publications.iter().find(|(_, p)| *p == publication)
+            {
+                entry.session.request_keyframe(*mid, layer);
+                self.metrics
+                    .keyframe_requests
+                    .with_label_values(&["to_publishers"])
+                    .inc();
+                self.drive(session);
             }
         }
     }
@@ -410,7 +419,10 @@ impl Shard {
                         "session connected"
                     );
                     for track in 0..e.tracks.len() {
-                        self.router.on_subscriber_ready(id, TrackId(track as u32));
+                        let track = TrackId(track as u32);
+                        if let Some(source) = self.router.on_subscriber_ready(id, track) {
+                            self.start_on_kept_keyframe(id, track, source, now);
+                        }
                     }
                 }
             }
@@ -482,6 +494,61 @@ impl Shard {
     /// A viewer's bandwidth estimate changed: audio keeps its share, video
     /// gets the rest (split evenly when there is more than one video
     /// track), and the estimator is told what the viewer would like.
+    /// Start a viewer's track that just connected on the newest keyframe
+    /// kept of `source` and what followed it, if that keyframe is recent
+    /// (see [`START_WINDOW`]): the keyframe asked for at its offer often
+    /// comes before the viewer connects.
+    fn start_on_kept_keyframe(
+        &mut self,
+        id: SessionId,
+        track: TrackId,
+        source: SourceKey,
+        now: Instant,
+    ) {
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(&mid) = entry.tracks.get(track.0 as usize) else {
+            return;
+        };
+        let Some(kept) = self.history.since_keyframe(source, now, START_WINDOW) else {
+            return;
+        };
+        let mut written = 0;
+        for packet in kept {
+            let meta = PacketMeta {
+                seq: packet.seq,
+                ts: packet.ts,
+                marker: packet.marker,
+                size: packet.payload.len(),
+                keyframe: packet.keyframe,
+                vp8: vp8_ids(packet.vp8),
+                arrival: packet.arrival,
+            };
+            let Some(rewritten) = self.router.replay(id, track, source, &meta) else {
+                continue;
+            };
+            let buffers = &mut self.outbox.buffers;
+            if entry
+                .session
+                .write_kept(mid, packet, source, &rewritten, buffers)
+            {
+                written += 1;
+                self.tally.packets_forwarded += 1;
+                self.tally.bytes_forwarded += packet.payload.len() as u64;
+            }
+        }
+        if written > 0 {
+            debug!(
+                session = id.0,
+                packets = written,
+                "started on a kept keyframe"
+            );
+            entry.session.handle_timeout(now);
+            self.drive(id);
+        }
+    }
+
     fn on_estimate(&mut self, id: SessionId, bps: u64) {
         self.metrics.bandwidth_estimate.observe(bps as f64);
         if let Some(entry) = self.sessions.get_mut(&id) {
@@ -547,36 +614,35 @@ impl Shard {
             marker: packet.header.marker,
             size: packet.payload.len(),
             keyframe: rtp.codec.is_keyframe(&packet.payload),
-            vp8: rtp.vp8.and_then(|d| {
-                Some(Vp8Ids {
-                    picture_id: d.picture_id()?,
-                    tl0_pic_idx: d.tl0_pic_idx(),
-                })
-            }),
+            vp8: vp8_ids(rtp.vp8),
             arrival: now,
         };
         let mut forwards = std::mem::take(&mut self.forwards);
         self.router
             .on_packet(publication, rtp.layer, &meta, &mut forwards);
+        let source = SourceKey {
+            publication,
+            layer: rtp.layer,
+        };
+        // Video is kept for resends, and for viewers that connect just
+        // after a keyframe (even one no viewer could take yet).
+        if rtp.params.spec().codec.is_video() {
+            self.history.keep(
+                source,
+                Kept {
+                    params: rtp.params,
+                    seq: meta.seq,
+                    ts: meta.ts,
+                    marker: meta.marker,
+                    keyframe: meta.keyframe,
+                    payload: packet.payload.clone(),
+                    vp8: rtp.vp8,
+                    video_orientation: packet.header.ext_vals.video_orientation,
+                    arrival: now,
+                },
+            );
+        }
         if !forwards.is_empty() {
-            let source = SourceKey {
-                publication,
-                layer: rtp.layer,
-            };
-            if rtp.params.spec().codec.is_video() {
-                self.history.keep(
-                    source,
-                    Kept {
-                        seq: meta.seq,
-                        ts: meta.ts,
-                        marker: meta.marker,
-                        payload: packet.payload.clone(),
-                        vp8: rtp.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx())),
-                        video_orientation: packet.header.ext_vals.video_orientation,
-                        arrival: now,
-                    },
-                );
-            }
             if let Some(arrived) = self.batch.arrived {
                 let first = self.batch.first_forwarded.get_or_insert(arrived);
                 *first = (*first).min(arrived);
@@ -1074,8 +1140,16 @@ impl Shard {
                     let share = initial.saturating_sub(AUDIO_SHARE_BPS);
                     self.router.set_budget(id, track, Some(share));
                 }
+                if kind == MediaKind::Video {
+                    // A browser takes about as long to send a keyframe as
+                    // the viewer takes to connect: ask now. One that comes
+                    // before the viewer connects is kept for it
+                    // (`start_on_kept_keyframe`).
+                    self.router.on_keyframe_request(id, track, now);
+                }
                 tracks.push(mid);
             }
+            self.on_router_events();
         }
         let participant = match role {
             Role::Publisher => Some(Arc::from(
@@ -1298,6 +1372,15 @@ fn track_event(
 }
 
 /// The `kind` value of a track.
+/// The VP8 identifiers the router rewrites, from a packet's descriptor.
+fn vp8_ids(descriptor: Option<Vp8Descriptor>) -> Option<Vp8Ids> {
+    let descriptor = descriptor?;
+    Some(Vp8Ids {
+        picture_id: descriptor.picture_id()?,
+        tl0_pic_idx: descriptor.tl0_pic_idx(),
+    })
+}
+
 fn kind_label(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Audio => "audio",

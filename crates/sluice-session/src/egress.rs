@@ -622,7 +622,7 @@ impl Egress {
                 ..Extensions::default()
             },
             &kept.payload,
-            shift.vp8(kept.vp8),
+            shift.vp8(kept.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx()))),
         );
         self.out.push_back(Transmit {
             proto: Protocol::Udp,

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_router::{IdMap, PublicationId, SourceKey};
-use str0m::rtp::VideoOrientation;
+use str0m::format::PayloadParams;
+use str0m::rtp::{VideoOrientation, Vp8Descriptor};
 
 /// How long a packet stays available for NACK resends (here and in
 /// str0m's egress). A second covers a few round trips of any usable path
@@ -29,20 +30,25 @@ pub const HISTORY_PACKETS: usize = 1024;
 const EVICT_EVERY: Duration = Duration::from_millis(100);
 
 /// A publisher packet as received, with what a resend needs besides the
-/// viewer's offsets.
+/// viewer's offsets, and what a first write to a viewer needs (a viewer
+/// that connects just after a keyframe starts on the kept one:
+/// [`PacketHistory::since_keyframe`]).
 #[derive(Debug, Clone)]
 pub struct Kept {
+    /// The publisher's payload parameters (codec, payload type).
+    pub params: PayloadParams,
     /// The publisher's sequence number (extended).
     pub seq: u64,
     /// The publisher's RTP timestamp.
     pub ts: u32,
     /// RTP marker bit.
     pub marker: bool,
+    /// Whether it starts a keyframe.
+    pub keyframe: bool,
     /// The payload, shared with every viewer's datagram.
     pub payload: Arc<[u8]>,
-    /// The publisher's VP8 picture id and TL0PICIDX, each where its
-    /// descriptor carries one.
-    pub vp8: Option<(Option<u16>, Option<u8>)>,
+    /// The payload's VP8 descriptor (VP8 only).
+    pub vp8: Option<Vp8Descriptor>,
     /// The video orientation extension's value.
     pub video_orientation: Option<VideoOrientation>,
     /// When it reached the server.
@@ -68,6 +74,26 @@ impl PacketHistory {
             .get(&source)?
             .get(seq)
             .filter(|p| now.saturating_duration_since(p.arrival) <= HISTORY)
+    }
+
+    /// The packets of `source` from the start of its newest keyframe to
+    /// the newest packet, in order, if that keyframe arrived within
+    /// `window` before `now` and none of the packets since is missing: a
+    /// viewer that connects now can start on them rather than wait for
+    /// another keyframe.
+    pub fn since_keyframe(
+        &self,
+        source: SourceKey,
+        now: Instant,
+        window: Duration,
+    ) -> Option<impl Iterator<Item = &Kept>> {
+        let packets = &self.streams.get(&source)?.packets;
+        let start = packets.iter().rposition(|p| p.keyframe)?;
+        let newest = packets.back()?;
+        let run = packets.range(start..);
+        let complete = newest.seq - packets[start].seq + 1 == run.len() as u64;
+        let recent = now.saturating_duration_since(packets[start].arrival) <= window;
+        (complete && recent).then_some(run)
     }
 
     /// Drop what is kept of `publication`'s streams (it ended).
@@ -124,13 +150,24 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
+    use str0m::format::{Codec, CodecSpec, FormatParams};
+    use str0m::media::Frequency;
+
     use super::*;
 
     fn kept(seq: u64, arrival: Instant) -> Kept {
+        let vp8 = CodecSpec {
+            codec: Codec::Vp8,
+            clock_rate: Frequency::NINETY_KHZ,
+            channels: None,
+            format: FormatParams::default(),
+        };
         Kept {
+            params: PayloadParams::new(96.into(), None, vp8),
             seq,
             ts: seq as u32 * 3000,
             marker: false,
+            keyframe: false,
             payload: Arc::from(&[seq as u8][..]),
             vp8: None,
             video_orientation: None,
@@ -171,6 +208,45 @@ mod tests {
         );
         h.forget(PublicationId(1));
         assert!(h.get(source(1, 0), 500, now).is_none());
+    }
+
+    #[test]
+    fn a_recent_keyframe_and_what_followed_are_there_to_start_on() {
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let window = Duration::from_millis(500);
+        let mut h = PacketHistory::default();
+        let stream = source(1, 2);
+        let seqs = |h: &PacketHistory, now| -> Option<Vec<u64>> {
+            Some(
+                h.since_keyframe(stream, now, window)?
+                    .map(|p| p.seq)
+                    .collect(),
+            )
+        };
+        for seq in 0..5 {
+            h.keep(stream, kept(seq, ms(seq * 10)));
+        }
+        assert_eq!(seqs(&h, ms(50)), None, "no keyframe kept");
+        for seq in 5..10 {
+            let keyframe = seq == 5 || seq == 8;
+            h.keep(
+                stream,
+                Kept {
+                    keyframe,
+                    ..kept(seq, ms(seq * 10))
+                },
+            );
+        }
+        assert_eq!(seqs(&h, ms(100)), Some(vec![8, 9]), "from the newest");
+        assert_eq!(seqs(&h, ms(581)), None, "too old to start on");
+        // A gap after the keyframe: the viewer would start on a broken
+        // picture.
+        h.keep(stream, kept(11, ms(110)));
+        assert_eq!(seqs(&h, ms(110)), None);
+        h.keep(stream, kept(10, ms(115)));
+        assert_eq!(seqs(&h, ms(115)), Some(vec![8, 9, 10, 11]));
+        assert!(h.since_keyframe(source(1, 1), ms(115), window).is_none());
     }
 
     #[test]

@@ -26,4 +26,5 @@ pub use session::{CloseReason, IncomingRtp, Session, SessionEvent, SessionOutput
 pub use str0m::format::PayloadParams;
 pub use str0m::media::{MediaKind, Mid};
 pub use str0m::net::{Protocol, Transmit};
+pub use str0m::rtp::Vp8Descriptor;
 pub use trickle::SdpFrag;

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
@@ -758,13 +758,63 @@ impl Session {
         rewritten: &Rewritten,
         buffers: &mut Buffers,
     ) -> bool {
+        let packet = &rtp.packet;
+        let outgoing = Outgoing {
+            params: &rtp.params,
+            seq: *packet.seq_no,
+            ts: packet.header.timestamp,
+            marker: packet.header.marker,
+            payload: &packet.payload,
+            ext: &packet.header.ext_vals,
+            vp8: rtp.vp8,
+            arrival: packet.timestamp,
+        };
+        self.write(mid, &outgoing, from, rewritten, buffers)
+    }
+
+    /// [`Session::write_rtp`] for a packet kept in the publisher stream's
+    /// [`history::PacketHistory`]: a viewer that connects just after a
+    /// keyframe starts on the kept one and what followed it.
+    pub fn write_kept(
+        &mut self,
+        mid: Mid,
+        kept: &Kept,
+        from: SourceKey,
+        rewritten: &Rewritten,
+        buffers: &mut Buffers,
+    ) -> bool {
+        let ext = ExtensionValues {
+            video_orientation: kept.video_orientation,
+            ..ExtensionValues::default()
+        };
+        let outgoing = Outgoing {
+            params: &kept.params,
+            seq: kept.seq,
+            ts: kept.ts,
+            marker: kept.marker,
+            payload: &kept.payload,
+            ext: &ext,
+            vp8: kept.vp8,
+            arrival: kept.arrival,
+        };
+        self.write(mid, &outgoing, from, rewritten, buffers)
+    }
+
+    fn write(
+        &mut self,
+        mid: Mid,
+        packet: &Outgoing,
+        from: SourceKey,
+        rewritten: &Rewritten,
+        buffers: &mut Buffers,
+    ) -> bool {
         if self.closed.is_some() || self.media_closed {
             return false;
         }
         let Some(track) = self.tracks.iter().position(|t| t.mid == mid) else {
             return false;
         };
-        let source = &rtp.params;
+        let source = packet.params;
         let out = match self.tracks[track].out_pt {
             Some((src, out)) if src.pt() == source.pt() && src.spec() == source.spec() => out,
             _ => {
@@ -779,11 +829,10 @@ impl Session {
         if self.keys.is_some() {
             self.start_egress();
         }
-        let packet = &rtp.packet;
-        let ext = &packet.header.ext_vals;
+        let ext = packet.ext;
         // The VP8 picture id and TL0PICIDX to write, each where the
         // publisher's descriptor carries one.
-        let vp8 = rtp.vp8.zip(rewritten.vp8).map(|(descriptor, ids)| {
+        let vp8 = packet.vp8.zip(rewritten.vp8).map(|(descriptor, ids)| {
             (
                 descriptor.picture_id().map(|_| ids.picture_id),
                 ids.tl0_pic_idx
@@ -797,16 +846,16 @@ impl Session {
                 clock_rate: out.spec().clock_rate.get(),
                 seq: rewritten.seq,
                 ts: rewritten.ts,
-                marker: packet.header.marker,
-                payload: &packet.payload,
+                marker: packet.marker,
+                payload: packet.payload,
                 ext,
                 vp8,
-                arrival: packet.timestamp,
+                arrival: packet.arrival,
                 origin: is_video.then(|| Origin {
                     source: from,
-                    seq: *packet.seq_no,
-                    ts: packet.header.timestamp,
-                    vp8: rtp.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx())),
+                    seq: packet.seq,
+                    ts: packet.ts,
+                    vp8: packet.vp8.map(|d| (d.picture_id(), d.tl0_pic_idx())),
                 }),
             };
             let Some(stream) = self.tracks[track].egress_stream else {
@@ -825,13 +874,13 @@ impl Session {
             out.pt(),
             rewritten.seq.into(),
             rewritten.ts,
-            packet.timestamp,
+            packet.arrival,
             packet.payload.clone(),
         )
-        .marker(packet.header.marker)
+        .marker(packet.marker)
         .nackable(is_video)
         .ext_vals(ext_vals);
-        if let (Some(descriptor), Some((picture_id, tl0))) = (rtp.vp8, vp8) {
+        if let (Some(descriptor), Some((picture_id, tl0))) = (packet.vp8, vp8) {
             let mut patch = descriptor.patch();
             if let Some(id) = picture_id {
                 patch = patch.picture_id(id);
@@ -859,6 +908,20 @@ impl Session {
         stream.write_rtp(write);
         true
     }
+}
+
+/// A publisher packet on its way to one viewer, live or kept.
+struct Outgoing<'a> {
+    params: &'a PayloadParams,
+    /// The publisher's sequence number (extended) and timestamp.
+    seq: u64,
+    ts: u32,
+    marker: bool,
+    payload: &'a Arc<[u8]>,
+    ext: &'a ExtensionValues,
+    vp8: Option<Vp8Descriptor>,
+    /// When it reached the server.
+    arrival: Instant,
 }
 
 /// The router's view of a str0m codec.

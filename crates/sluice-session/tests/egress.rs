@@ -131,9 +131,11 @@ fn a_viewer_gets_media_repairs_and_reports_from_the_direct_egress() {
             history.keep(
                 SOURCE,
                 Kept {
+                    params: rtp.params,
                     seq: *rtp.packet.seq_no,
                     ts: rtp.packet.header.timestamp,
                     marker: rtp.packet.header.marker,
+                    keyframe: false,
                     payload: rtp.packet.payload.clone(),
                     vp8: None,
                     video_orientation: None,

@@ -183,6 +183,8 @@ impl StreamStats {
 pub struct PeerState {
     /// ICE and DTLS are up.
     pub connected: bool,
+    /// When they came up.
+    pub connected_at: Option<Instant>,
     /// Packets sent (publisher; only with [`PeerOptions::keep_packets`]).
     pub sent: Vec<Packet>,
     /// Packets received (viewer; only with [`PeerOptions::keep_packets`]).
@@ -848,7 +850,11 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Connected => self.state.lock().connected = true,
+            Event::Connected => {
+                let mut state = self.state.lock();
+                state.connected = true;
+                state.connected_at.get_or_insert_with(Instant::now);
+            }
             Event::IceConnectionStateChange(state) => self.state.lock().ice_states.push(state),
             Event::KeyframeRequest(req) => {
                 self.state.lock().keyframe_requests += 1;
@@ -879,7 +885,12 @@ impl Driver {
                 };
                 let mut state = self.state.lock();
                 state.rx[usize::from(kind == Kind::Video)].record(*p.seq_no, p.payload.len());
-                if let Some(sent) = sent_at(&p.payload).filter(|_| !self.clips) {
+                // Packets sent before the peer connected are ones the
+                // server kept to start it on (a recent keyframe and what
+                // followed): their delay is not forwarding's.
+                if let Some(sent) = sent_at(&p.payload).filter(|_| !self.clips)
+                    && state.connected_at.is_some_and(|c| sent >= c)
+                {
                     let arrived = self.arrived.unwrap_or(p.timestamp);
                     let delay = arrived.saturating_duration_since(sent);
                     state

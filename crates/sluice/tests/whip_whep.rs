@@ -130,6 +130,63 @@ async fn viewer_receives_exactly_what_the_publisher_sends() {
     server.stop().await;
 }
 
+/// A keyframe that reaches the server while a viewer is still connecting
+/// (here: the one the first viewer's join asked for, as the second viewer
+/// posts its offer) is kept for it: the viewer starts on it as soon as it
+/// connects, rather than on the publisher's next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_starts_on_a_keyframe_that_came_while_it_connected() {
+    let server = TestServer::start().await;
+    let publisher = Peer::start(options(&server.url, "early", true))
+        .await
+        .unwrap();
+    assert!(
+        publisher
+            .wait_for(Duration::from_secs(10), |s| s.connected)
+            .await,
+        "publisher connects"
+    );
+    let first = Peer::start(options(&server.url, "early", false))
+        .await
+        .unwrap();
+    assert!(
+        first
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 1)
+            .await
+    );
+    let viewer = Peer::start(options(&server.url, "early", false))
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(10), |s| video_received(s) >= 30)
+            .await,
+        "viewer receives video"
+    );
+    let (connected_at, received) = viewer.with_state(|s| (s.connected_at, s.received.clone()));
+    let connected_at = connected_at.expect("connected");
+    let video = of_kind(&received, Kind::Video);
+    assert!(
+        vp8_starts_keyframe(&video[0].payload),
+        "starts at a keyframe"
+    );
+    let sent = publisher.with_state(|s| s.sent.clone());
+    let body = |p: &Packet| p.payload[VideoCodec::Vp8.rewritable_prefix()..].to_vec();
+    let keyframe = sent
+        .iter()
+        .find(|s| s.kind == Kind::Video && body(s) == body(&video[0]))
+        .expect("the keyframe was sent");
+    assert!(
+        keyframe.at < connected_at,
+        "the viewer started on a keyframe sent {:?} after it connected, not on a kept one",
+        keyframe.at - connected_at
+    );
+    // What followed the kept keyframe came too, then the live packets,
+    // without a gap.
+    assert_received_is_sent_in_order(VideoCodec::Vp8, &sent, &received, Kind::Video);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_viewers_get_the_top_layer_without_gaps() {
     let server = TestServer::start().await;
