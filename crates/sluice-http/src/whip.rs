@@ -32,17 +32,12 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let participant = query.participant.map(check_participant).transpose()?;
-    create(
-        state,
-        client,
-        room,
-        headers,
-        body,
-        Role::Publisher,
-        participant,
-    )
-    .await
+    let asked = Asked {
+        role: Role::Publisher,
+        participant: query.participant.map(check_participant).transpose()?,
+        layer: None,
+    };
+    create(state, client, room, headers, body, asked).await
 }
 
 /// The query of a WHEP POST.
@@ -65,19 +60,12 @@ pub(crate) async fn watch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let choice = query.layer.as_deref().map(parse_layer).transpose()?;
-    let participant = query.participant.map(check_participant).transpose()?;
-    let control = state.control.clone();
-    let mut response = create(
-        state,
-        client,
-        room,
-        headers,
-        body,
-        Role::Viewer,
-        participant,
-    )
-    .await?;
+    let asked = Asked {
+        role: Role::Viewer,
+        participant: query.participant.map(check_participant).transpose()?,
+        layer: query.layer.as_deref().map(parse_layer).transpose()?,
+    };
+    let mut response = create(state, client, room, headers, body, asked).await?;
     let Some(location) = response
         .headers()
         .get(header::LOCATION)
@@ -86,13 +74,6 @@ pub(crate) async fn watch(
     else {
         return Ok(response);
     };
-    if let Some(choice) = choice {
-        let resource = location.trim_start_matches("/resource/");
-        control
-            .choose_layer(resource, None, choice)
-            .await
-            .map_err(control_problem)?;
-    }
     let link = format!("<{location}/layer>; rel=\"{LAYER_REL}\"");
     if let Ok(v) = HeaderValue::from_str(&link) {
         response.headers_mut().insert(header::LINK, v);
@@ -152,15 +133,28 @@ pub(crate) async fn choose_layer(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What a WHIP or WHEP POST asks for besides its room and offer.
+struct Asked {
+    role: Role,
+    /// The publisher's name, or the participant a viewer follows.
+    participant: Option<String>,
+    /// A viewer's simulcast layer (`?layer=`).
+    layer: Option<LayerChoice>,
+}
+
 async fn create(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Body,
-    role: Role,
-    participant: Option<String>,
+    asked: Asked,
 ) -> Result<Response, Problem> {
+    let Asked {
+        role,
+        participant,
+        layer,
+    } = asked;
     state.readiness.check()?;
     state.rate.check(client.ip(), Instant::now())?;
     check_room_name(&room)?;
@@ -202,6 +196,7 @@ async fn create(
             identity,
             client: client.ip(),
             participant,
+            layer,
         })
         .await
         .map_err(control_problem)?;

@@ -543,15 +543,17 @@ impl Router {
 
     /// Fan one packet of `publication`'s `layer` out to its subscriptions,
     /// appending one [`Forward`] per subscriber that should get it.
+    /// Returns whether a subscription still connecting aims at this layer
+    /// (the packet is worth keeping for it: [`Router::replay`]).
     pub fn on_packet(
         &mut self,
         publication: PublicationId,
         layer: u8,
         meta: &PacketMeta,
         out: &mut Vec<Forward>,
-    ) {
+    ) -> bool {
         let Some(p) = self.publications.get_mut(&publication) else {
-            return;
+            return false;
         };
         let now = meta.arrival;
         let recheck = p
@@ -561,11 +563,16 @@ impl Router {
             p.retarget(publication, now);
         }
         if p.muted {
-            return;
+            return false;
         }
         let source = SourceKey { publication, layer };
         let mut waiting = false;
-        for sub in p.subscriptions.iter_mut().filter(|s| s.ready) {
+        let mut awaited = false;
+        for sub in &mut p.subscriptions {
+            if !sub.ready {
+                awaited |= sub.forwarder.target() == Some(source);
+                continue;
+            }
             let before = sub.forwarder.current();
             if let Some(rewritten) = sub.forwarder.on_packet(source, meta) {
                 if before.is_some_and(|b| b.publication == publication && b.layer != layer) {
@@ -590,6 +597,7 @@ impl Router {
                 layer,
             });
         }
+        awaited
     }
 
     /// A subscriber lost a picture (PLI/FIR) on `track`.
@@ -601,6 +609,11 @@ impl Router {
         let Some(p) = self.publications.get_mut(&id) else {
             return;
         };
+        if p.layers_checked.is_none() {
+            // It has sent nothing yet (it may not be connected): its first
+            // frame is a keyframe.
+            return;
+        }
         let Some(sub) = p
             .subscriptions
             .iter()
@@ -909,7 +922,6 @@ mod tests {
             layer: 0,
         };
         let mut out = Vec::new();
-        r.on_packet(a, 0, &meta(1, 0, false, t0), &mut out);
         let forwarder = Forwarder::new(true, 90_000, 7);
         r.subscribe(
             "live",
@@ -919,14 +931,22 @@ mod tests {
             Follow::Room,
             forwarder,
         );
+        // Nothing is asked of a publisher that has sent nothing yet (it
+        // may not even be connected): its first frame is a keyframe.
+        r.on_keyframe_request(VIEWER, VIDEO, t0);
+        assert!(keyframe_requests(&mut r).is_empty());
+        assert!(
+            r.on_packet(a, 0, &meta(1, 0, false, t0), &mut out),
+            "kept for the viewer still connecting"
+        );
         // Asked for at its offer; the keyframe and a delta frame come
         // before it connects.
         r.on_keyframe_request(VIEWER, VIDEO, t0 + ms(10));
         assert_eq!(keyframe_requests(&mut r), vec![layer_0_of_a(a)]);
         let keyframe = meta(2, 3000, true, t0 + ms(40));
         let delta = meta(3, 6000, false, t0 + ms(73));
-        r.on_packet(a, 0, &keyframe, &mut out);
-        r.on_packet(a, 0, &delta, &mut out);
+        assert!(r.on_packet(a, 0, &keyframe, &mut out));
+        assert!(r.on_packet(a, 0, &delta, &mut out));
         assert!(out.is_empty());
         assert!(
             r.replay(VIEWER, VIDEO, source, &keyframe).is_none(),

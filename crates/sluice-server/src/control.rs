@@ -109,6 +109,8 @@ pub struct SessionRequest {
     /// made up when `None`); for a viewer, the participant to follow
     /// (`None`: the room's newest publisher).
     pub participant: Option<String>,
+    /// For a viewer, the simulcast layer it asks for (`None`: automatic).
+    pub layer: Option<LayerChoice>,
 }
 
 /// A session the shard created.

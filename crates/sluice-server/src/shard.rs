@@ -618,15 +618,16 @@ impl Shard {
             arrival: now,
         };
         let mut forwards = std::mem::take(&mut self.forwards);
-        self.router
+        let awaited = self
+            .router
             .on_packet(publication, rtp.layer, &meta, &mut forwards);
         let source = SourceKey {
             publication,
             layer: rtp.layer,
         };
-        // Video is kept for resends, and for viewers that connect just
-        // after a keyframe (even one no viewer could take yet).
-        if rtp.params.spec().codec.is_video() {
+        // Video is kept for resends, and for viewers still connecting,
+        // which start on a recent keyframe when they connect.
+        if (awaited || !forwards.is_empty()) && rtp.params.spec().codec.is_video() {
             self.history.keep(
                 source,
                 Kept {
@@ -1090,6 +1091,7 @@ impl Shard {
             identity,
             client,
             participant,
+            layer,
             ..
         } = request;
         let room = room.as_str();
@@ -1132,6 +1134,9 @@ impl Shard {
                 let track = TrackId(index as u32);
                 self.router
                     .subscribe(&room, id, track, kind, follow.clone(), forwarder);
+                if let (MediaKind::Video, Some(choice)) = (kind, layer) {
+                    self.router.set_layer_choice(id, track, choice);
+                }
                 if kind == MediaKind::Video
                     && let Some(initial) = self.session_config.viewer_bwe_initial_bps
                 {
