@@ -802,6 +802,20 @@ mod tests {
         r.on_subscriber_ready(session, track);
     }
 
+    /// Subscribe [`VIEWER`]'s video to the room's feed, its session still
+    /// connecting.
+    fn viewer_connecting(r: &mut Router) {
+        let forwarder = Forwarder::new(true, 90_000, 7);
+        r.subscribe(
+            "live",
+            VIEWER,
+            VIDEO,
+            MediaKind::Video,
+            Follow::Room,
+            forwarder,
+        );
+    }
+
     fn keyframe_requests(router: &mut Router) -> Vec<RouterEvent> {
         std::iter::from_fn(|| router.poll_event()).collect()
     }
@@ -885,15 +899,7 @@ mod tests {
         let ms = Duration::from_millis;
         let mut r = Router::new(RouterConfig::default());
         let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
-        let forwarder = Forwarder::new(true, 90_000, 7);
-        r.subscribe(
-            "live",
-            VIEWER,
-            VIDEO,
-            MediaKind::Video,
-            Follow::Room,
-            forwarder,
-        );
+        viewer_connecting(&mut r);
         let mut out = Vec::new();
         // The publisher's keyframe and a delta frame go by while the
         // viewer's session is still connecting: not forwarded, and no
@@ -922,15 +928,7 @@ mod tests {
             layer: 0,
         };
         let mut out = Vec::new();
-        let forwarder = Forwarder::new(true, 90_000, 7);
-        r.subscribe(
-            "live",
-            VIEWER,
-            VIDEO,
-            MediaKind::Video,
-            Follow::Room,
-            forwarder,
-        );
+        viewer_connecting(&mut r);
         // Nothing is asked of a publisher that has sent nothing yet (it
         // may not even be connected): its first frame is a keyframe.
         r.on_keyframe_request(VIEWER, VIDEO, t0);

@@ -24,6 +24,17 @@ async fn simulcast_publisher(url: &str, room: &str) -> Peer {
     .unwrap()
 }
 
+/// Start a peer and wait until ICE and DTLS are up.
+async fn connected(options: PeerOptions) -> Peer {
+    let peer = Peer::start(options).await.unwrap();
+    assert!(
+        peer.wait_for(Duration::from_secs(10), |s| s.connected)
+            .await,
+        "peer connects"
+    );
+    peer
+}
+
 fn of_kind(packets: &[Packet], kind: Kind) -> Vec<Packet> {
     packets.iter().filter(|p| p.kind == kind).cloned().collect()
 }
@@ -83,15 +94,7 @@ fn assert_received_is_sent_in_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_receives_exactly_what_the_publisher_sends() {
     let server = TestServer::start().await;
-    let publisher = Peer::start(options(&server.url, "bytes", true))
-        .await
-        .unwrap();
-    assert!(
-        publisher
-            .wait_for(Duration::from_secs(10), |s| s.connected)
-            .await,
-        "publisher connects"
-    );
+    let publisher = connected(options(&server.url, "bytes", true)).await;
     let viewer = Peer::start(options(&server.url, "bytes", false))
         .await
         .unwrap();
@@ -137,15 +140,7 @@ async fn viewer_receives_exactly_what_the_publisher_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_starts_on_a_keyframe_that_came_while_it_connected() {
     let server = TestServer::start().await;
-    let publisher = Peer::start(options(&server.url, "early", true))
-        .await
-        .unwrap();
-    assert!(
-        publisher
-            .wait_for(Duration::from_secs(10), |s| s.connected)
-            .await,
-        "publisher connects"
-    );
+    let publisher = connected(options(&server.url, "early", true)).await;
     let first = Peer::start(options(&server.url, "early", false))
         .await
         .unwrap();
@@ -413,14 +408,7 @@ async fn audio_only_sessions_carry_audio_and_its_level() {
 async fn viewer_follows_a_new_publisher_without_renegotiation() {
     let server = TestServer::start().await;
     // The viewer comes first and waits.
-    let viewer = Peer::start(options(&server.url, "relay", false))
-        .await
-        .unwrap();
-    assert!(
-        viewer
-            .wait_for(Duration::from_secs(10), |s| s.connected)
-            .await
-    );
+    let viewer = connected(options(&server.url, "relay", false)).await;
 
     let first = Peer::start(options(&server.url, "relay", true))
         .await
@@ -479,12 +467,7 @@ async fn every_video_codec_reaches_viewers_that_can_decode_it() {
             video: codec,
             ..options(&server.url, &room, publish)
         };
-        let publisher = Peer::start(with_codec(true)).await.unwrap();
-        assert!(
-            publisher
-                .wait_for(Duration::from_secs(10), |s| s.connected)
-                .await
-        );
+        let publisher = connected(with_codec(true)).await;
         let viewer = Peer::start(with_codec(false)).await.unwrap();
         assert!(
             viewer
@@ -596,20 +579,14 @@ async fn lost_video_is_repaired(direct_egress: bool) {
         loss: Some(loss),
         ..options(&server.url, "lossy", publish)
     };
-    let publisher = Peer::start(lossy(
+    let publisher = connected(lossy(
         true,
         Loss {
             to_server_every: Some(15),
             ..Loss::default()
         },
     ))
-    .await
-    .unwrap();
-    assert!(
-        publisher
-            .wait_for(Duration::from_secs(10), |s| s.connected)
-            .await
-    );
+    .await;
     let viewer = Peer::start(lossy(
         false,
         Loss {
@@ -690,14 +667,7 @@ const VP8_PREFIX: usize = sluice_testkit::VP8_DESCRIPTOR_LEN;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_peer_is_dropped_after_the_consent_timeout() {
     let server = TestServer::start_with(|c| c.media.consent_timeout_secs = 2).await;
-    let publisher = Peer::start(options(&server.url, "vanish", true))
-        .await
-        .unwrap();
-    assert!(
-        publisher
-            .wait_for(Duration::from_secs(10), |s| s.connected)
-            .await
-    );
+    let publisher = connected(options(&server.url, "vanish", true)).await;
     let resource = publisher.resource.clone();
     publisher.vanish().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
