@@ -647,9 +647,13 @@ impl Router {
     /// start it at once on a keyframe kept from that source
     /// ([`Router::replay`]). Otherwise the next packet of that source asks
     /// for one.
+    /// A subscription that was ready already gets `None`: a viewer that
+    /// is watching must not be sent older packets.
     pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId) -> Option<SourceKey> {
         let sub = self.subscription_mut(session, track)?;
-        sub.ready = true;
+        if std::mem::replace(&mut sub.ready, true) {
+            return None;
+        }
         sub.forwarder
             .needs_keyframe()
             .then(|| sub.forwarder.target())
@@ -964,7 +968,9 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rewritten.seq, second.seq + 1);
         assert!(keyframe_requests(&mut r).is_empty(), "no second request");
-        // A viewer that started has nothing to wait for.
+        // Told again (say, after an ICE restart) while waiting for another
+        // source: nothing older is sent to a viewer that is watching.
+        r.publish("live", PUBLISHER_B, None, MediaKind::Video, &[None]);
         assert_eq!(r.on_subscriber_ready(VIEWER, VIDEO), None);
     }
 
