@@ -646,9 +646,8 @@ impl Router {
     /// subscription waits for a keyframe of, if it does: the server may
     /// start it at once on a keyframe kept from that source
     /// ([`Router::replay`]). Otherwise the next packet of that source asks
-    /// for one.
-    /// A subscription that was ready already gets `None`: a viewer that
-    /// is watching must not be sent older packets.
+    /// for one. A subscription that was ready already gets `None`: a
+    /// viewer that is watching must not be sent older packets.
     pub fn on_subscriber_ready(&mut self, session: SessionId, track: TrackId) -> Option<SourceKey> {
         let sub = self.subscription_mut(session, track)?;
         if std::mem::replace(&mut sub.ready, true) {

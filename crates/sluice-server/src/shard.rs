@@ -491,9 +491,6 @@ impl Shard {
         }
     }
 
-    /// A viewer's bandwidth estimate changed: audio keeps its share, video
-    /// gets the rest (split evenly when there is more than one video
-    /// track), and the estimator is told what the viewer would like.
     /// Start a viewer's track that just connected on the newest keyframe
     /// kept of `source` and what followed it, if that keyframe is recent
     /// (see [`START_WINDOW`]): the keyframe asked for at its offer often
@@ -549,6 +546,9 @@ impl Shard {
         }
     }
 
+    /// A viewer's bandwidth estimate changed: audio keeps its share, video
+    /// gets the rest (split evenly when there is more than one video
+    /// track), and the estimator is told what the viewer would like.
     fn on_estimate(&mut self, id: SessionId, bps: u64) {
         self.metrics.bandwidth_estimate.observe(bps as f64);
         if let Some(entry) = self.sessions.get_mut(&id) {
@@ -1376,7 +1376,6 @@ fn track_event(
     }
 }
 
-/// The `kind` value of a track.
 /// The VP8 identifiers the router rewrites, from a packet's descriptor.
 fn vp8_ids(descriptor: Option<Vp8Descriptor>) -> Option<Vp8Ids> {
     let descriptor = descriptor?;
@@ -1386,6 +1385,7 @@ fn vp8_ids(descriptor: Option<Vp8Descriptor>) -> Option<Vp8Ids> {
     })
 }
 
+/// The `kind` value of a track.
 fn kind_label(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Audio => "audio",
