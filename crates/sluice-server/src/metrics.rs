@@ -5,7 +5,8 @@
 //! touches no shared memory.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric Sluice exports, registered in [`Metrics::registry`].
@@ -47,6 +48,10 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Seconds from a session's POST to ICE and DTLS being up.
     pub join_seconds: Histogram,
+    /// Seconds from a viewer's POST to its first video packet, by how it
+    /// started (`kept`: on a kept keyframe as it connected; `live`: on
+    /// one forwarded as it arrived).
+    pub first_video_seconds: HistogramVec,
     /// Seconds from the kernel's receipt of a receive batch's earliest
     /// forwarded packet to the sending of its last: the server's added
     /// latency, time queued in the socket included.
@@ -105,6 +110,19 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
+        let first_video_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_first_video_seconds",
+                "Seconds from a viewer's POST to its first video packet, by how it started \
+                 (kept: on a kept keyframe as it connected; live: on one as it arrived)",
+            )
+            .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["start"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(first_video_seconds.clone()))
+            .expect("unique metric");
         let sessions = IntGaugeVec::new(opts("sessions", "Live sessions by role"), &["role"])
             .expect("valid gauge");
         registry
@@ -181,6 +199,7 @@ impl Metrics {
                 "Seconds from a session's POST until ICE and DTLS are up",
                 &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             ),
+            first_video_seconds,
             bandwidth_estimate: histogram(
                 "bandwidth_estimate_bps",
                 "Bandwidth estimates of viewers' paths (TWCC or REMB), bits per second, \

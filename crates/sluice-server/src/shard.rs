@@ -80,6 +80,9 @@ struct Entry {
     estimate_bps: Option<u64>,
     /// When the offer arrived, until the session connects.
     joining_since: Option<Instant>,
+    /// When a viewer's offer arrived, until its first video packet went
+    /// out (`None` for publishers).
+    awaiting_video: Option<Instant>,
 }
 
 /// The publisher packets of one receive batch (with the stream each came
@@ -541,6 +544,7 @@ impl Shard {
                 packets = written,
                 "started on a kept keyframe"
             );
+            first_video(&self.metrics, &mut entry.awaiting_video, "kept", now);
             entry.session.handle_timeout(now);
             self.drive(id);
         }
@@ -710,6 +714,9 @@ impl Shard {
                     self.tally.packets_forwarded += 1;
                     self.tally.bytes_forwarded += rtp.packet.payload.len() as u64;
                     written = true;
+                    if viewer.awaiting_video.is_some() && rtp.params.spec().codec.is_video() {
+                        first_video(&self.metrics, &mut viewer.awaiting_video, "live", now);
+                    }
                 }
             }
             if written {
@@ -1194,6 +1201,7 @@ impl Shard {
                 next_timeout: None,
                 estimate_bps: None,
                 joining_since: Some(now),
+                awaiting_video: (role == Role::Viewer).then_some(now),
             },
         );
         if let Some(entry) = self.sessions.get(&id) {
@@ -1373,6 +1381,17 @@ fn track_event(
         track: Some(publication.0),
         kind: Some(kind_label(media)),
         ..participant_event(kind, entry)
+    }
+}
+
+/// A viewer's first video packet went out at `now`: observe how long it
+/// took since its offer (`awaiting`, which is cleared), by how it started.
+fn first_video(metrics: &Metrics, awaiting: &mut Option<Instant>, start: &str, now: Instant) {
+    if let Some(since) = awaiting.take() {
+        metrics
+            .first_video_seconds
+            .with_label_values(&[start])
+            .observe(now.saturating_duration_since(since).as_secs_f64());
     }
 }
 

@@ -74,6 +74,15 @@ async fn health_and_metrics_follow_real_media() {
             .join("\n")
     );
     assert_eq!(value("sluice_join_seconds_count"), 2.0);
+    // The viewer's first video went out once, on a kept keyframe or live.
+    let started = |how: &str| {
+        sample(
+            &text,
+            &format!("sluice_first_video_seconds_count{{start=\"{how}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(started("kept") + started("live"), 1.0, "in\n{text}");
     assert!(value("sluice_process_resident_memory_bytes") > 1e6);
     assert!(value("sluice_process_cpu_seconds") > 0.0);
     assert!(
