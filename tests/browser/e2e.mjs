@@ -231,7 +231,8 @@ async function testViewerFirst(ctx) {
 
 /**
  * Test 4: a three-person conference. Every page publishes its fake camera
- * and decodes both others' video; when one leaves, the others drop its tile;
+ * and decodes both others' video, and outlines whoever speaks (the fake
+ * microphone beeps) until they mute; when one leaves, the others drop its tile;
  * when one joins again from a second tab, the first tab says so and leaves.
  */
 async function testConference(ctx) {
@@ -246,6 +247,18 @@ async function testConference(ctx) {
       .map((o) => `(s.tiles['${o}'] && s.tiles['${o}'].framesDecoded > 10 && s.tiles['${o}'].frameWidth > 0)`)
       .join(' && ');
     await waitHook(name, `s.state === 'connected' && ${cond}`, 30000);
+  }
+  // Chromium's fake microphone beeps every second: everyone speaks, and
+  // every page outlines every tile. carol mutes: the others see her stop.
+  const everyone = JSON.stringify(names);
+  for (const name of names) {
+    await waitHook(name, `${everyone}.every((n) => s.speakers.includes(n))
+      && document.querySelectorAll('.tile.speaking').length === 3`, 10000);
+  }
+  await pages.get('carol').click('#mute');
+  for (const name of ['alice', 'bob']) {
+    await waitHook(name, `!s.speakers.includes('carol') && s.speakers.length === 2
+      && document.querySelectorAll('.tile.speaking').length === 2`, 10000);
   }
   await sleep(1500);
   await mkdir(OUT_DIR, { recursive: true });

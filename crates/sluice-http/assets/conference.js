@@ -8,8 +8,13 @@
  * When the server ends its WHIP session (the name joined again elsewhere,
  * an admin removed it or closed the room), the page leaves and says why.
  *
- * Test hooks: window.sluice = {page, state, error, me, tiles: {NAME: {state,
- * framesDecoded, frameWidth, frameHeight}}}; window.sluiceLeave() leaves.
+ * The socket also says who is speaking: their tiles (this page's own too)
+ * get a green outline while they speak. Mute stops sending the microphone
+ * (the track sends silence), Unmute resumes it.
+ *
+ * Test hooks: window.sluice = {page, state, error, me, muted, speakers: [NAME],
+ * tiles: {NAME: {state, framesDecoded, frameWidth, frameHeight}}};
+ * window.sluiceLeave() leaves.
  */
 (function () {
   'use strict';
@@ -27,7 +32,9 @@
     room_closed: 'An admin closed the room.',
   };
 
-  const hooks = { page: 'conference', room: null, state: 'idle', error: null, me: null, tiles: {} };
+  const hooks = {
+    page: 'conference', room: null, state: 'idle', error: null, me: null, muted: false, speakers: [], tiles: {},
+  };
   window.sluice = hooks;
 
   const room = S.roomFromPath();
@@ -41,10 +48,11 @@
   nameInput.value = params.get('name') || `guest-${Math.random().toString(36).slice(2, 6)}`;
   const joinBtn = $('join');
   const leaveBtn = $('leave');
+  const muteBtn = $('mute');
   const tilesEl = $('tiles');
   const emptyEl = $('empty');
 
-  let session = null; // {ws, publisher: {pc, resource, stream}, remotes: Map(name -> remote), timer}
+  let session = null; // {ws, publisher: {pc, resource, stream}, remotes: Map(name -> remote), speaking: Set(name), timer}
 
   function setState(state) {
     hooks.state = state;
@@ -129,6 +137,7 @@
   async function watch(name) {
     const remote = { name, pc: new RTCPeerConnection({ iceServers: [] }), resource: null };
     Object.assign(remote, makeTile(name, false));
+    remote.tile.classList.toggle('speaking', session.speaking.has(name));
     remote.pc.addTransceiver('audio', { direction: 'recvonly' });
     remote.pc.addTransceiver('video', { direction: 'recvonly' });
     const stream = new MediaStream();
@@ -167,6 +176,15 @@
     }
   }
 
+  /** The WebSocket says who speaks (loudest first): outline their tiles. */
+  function onSpeakers(list) {
+    if (!session) return;
+    session.speaking = new Set(list.map((s) => s.name));
+    hooks.speakers = [...session.speaking];
+    if (session.publisher) session.publisher.tile.classList.toggle('speaking', session.speaking.has(session.name));
+    for (const [name, remote] of session.remotes) remote.tile.classList.toggle('speaking', session.speaking.has(name));
+  }
+
   /** The server ended this page's own session: leave, and say why. */
   async function onEnded(reason) {
     if (session) session.publisher.resource = null; // already gone
@@ -184,6 +202,7 @@
       ws.onmessage = (e) => {
         const msg = JSON.parse(e.data);
         if (msg.type === 'participants') onParticipants(msg.participants);
+        else if (msg.type === 'speakers') onSpeakers(msg.speakers);
         else if (msg.type === 'ended') onEnded(msg.reason);
         else if (msg.type === 'error') showError(msg.detail);
       };
@@ -226,7 +245,7 @@
     joinBtn.disabled = true;
     nameInput.disabled = true;
     setState('starting');
-    session = { name, ws: null, publisher: null, remotes: new Map(), timer: null };
+    session = { name, ws: null, publisher: null, remotes: new Map(), speaking: new Set(), timer: null };
     hooks.me = name;
     try {
       session.publisher = await publish(name);
@@ -236,6 +255,8 @@
       session.ws.send(JSON.stringify({ type: 'publishing', session: id }));
       session.timer = setInterval(refreshHooks, HOOK_INTERVAL_MS);
       leaveBtn.disabled = false;
+      muteBtn.disabled = false;
+      setMuted(false);
     } catch (err) {
       showError(err.message);
       await leave();
@@ -256,14 +277,27 @@
       s.publisher.tile.remove();
     }
     hooks.tiles = {};
+    hooks.speakers = [];
     emptyEl.hidden = false;
     setState('closed');
     joinBtn.disabled = false;
     nameInput.disabled = false;
     leaveBtn.disabled = true;
+    muteBtn.disabled = true;
+  }
+
+  /** Mute or unmute the microphone: a disabled track sends silence. */
+  function setMuted(muted) {
+    hooks.muted = muted;
+    muteBtn.textContent = muted ? 'Unmute' : 'Mute';
+    muteBtn.setAttribute('aria-pressed', String(muted));
+    if (session && session.publisher) {
+      session.publisher.stream.getAudioTracks().forEach((t) => { t.enabled = !muted; });
+    }
   }
 
   window.sluiceLeave = leave;
+  muteBtn.addEventListener('click', () => setMuted(!hooks.muted));
   joinBtn.addEventListener('click', join);
   leaveBtn.addEventListener('click', leave);
   window.addEventListener('pagehide', leave);

@@ -5,7 +5,9 @@
 //!
 //! Messages from the server are JSON text frames:
 //! `{"type": "participants", "participants": [{"name", "audio", "video",
-//! "video_layers"}]}`, `{"type": "ended", "reason": "replaced" | "removed"
+//! "video_layers"}]}`, `{"type": "speakers", "speakers": [{"name",
+//! "level_dbov"}]}` (who speaks, loudest first, whenever that changes),
+//! `{"type": "ended", "reason": "replaced" | "removed"
 //! | "room_closed"}` when the server ended the client's own WHIP session
 //! (the same name published again elsewhere, an admin removed it or closed
 //! the room), and `{"type": "error", "status", "detail"}` before it closes.
@@ -129,6 +131,12 @@ async fn run(mut socket: WebSocket, state: AppState, room: String, access: Acces
     };
     let mut changes = state.control.room_changes();
     let mut ends = state.control.session_ends();
+    let Ok(mut speakers) = state.control.watch_speakers(&room).await else {
+        return; // the media server is gone
+    };
+    if !speakers.borrow().is_empty() {
+        speakers.mark_changed(); // tell the newcomer who speaks already
+    }
     // The client's own WHIP session, once it named it and it was live.
     let mut publishing: Option<String> = None;
     let mut sent: Option<Vec<ParticipantInfo>> = None;
@@ -156,6 +164,16 @@ async fn run(mut socket: WebSocket, state: AppState, room: String, access: Acces
                     Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => return,
                 },
+                changed = speakers.changed() => {
+                    if changed.is_err() {
+                        return; // the media server is gone
+                    }
+                    let list = speakers.borrow_and_update().clone();
+                    let text = json!({ "type": "speakers", "speakers": list });
+                    if socket.send(Message::Text(text.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
                 end = ends.recv() => {
                     let reason = match end {
                         Ok(end) if publishing.as_deref() == Some(&*end.resource) => Some(end.reason),

@@ -203,6 +203,7 @@ mod tests {
             size: 100,
             keyframe,
             vp8: None,
+            audio_level: None,
             arrival: at,
         }
     }

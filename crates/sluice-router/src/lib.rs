@@ -11,6 +11,7 @@ pub mod id_map;
 pub mod keyframe;
 pub mod layer;
 pub mod router;
+pub mod speech;
 
 pub use codec::Codec;
 pub use forwarder::{Forwarder, Rewritten, SourceKey};
@@ -19,5 +20,6 @@ pub use keyframe::KeyframeThrottle;
 pub use layer::{LayerChoice, LayerInfo};
 pub use router::{
     Follow, Forward, MediaKind, PacketMeta, PublicationId, PublicationInfo, Router, RouterEvent,
-    SessionId, TrackId,
+    SessionId, Speaker, TrackId,
 };
+pub use speech::SpeechDetector;

@@ -14,6 +14,7 @@ use crate::forwarder::{Forwarder, Rewritten, SourceKey, Vp8Ids};
 use crate::id_map::IdMap;
 use crate::keyframe::KeyframeThrottle;
 use crate::layer::{LayerChoice, LayerInfo, Layers};
+use crate::speech::SpeechDetector;
 
 /// How often a publication re-checks which of its layers are alive.
 const LAYER_RECHECK: Duration = Duration::from_millis(500);
@@ -54,8 +55,21 @@ pub struct PacketMeta {
     pub keyframe: bool,
     /// VP8 descriptor identifiers, for VP8 payloads that carry them.
     pub vp8: Option<Vp8Ids>,
+    /// The audio level extension's level, dBov (0 loudest, -127 silence),
+    /// for audio packets that carry it.
+    pub audio_level: Option<i8>,
     /// When the packet arrived.
     pub arrival: Instant,
+}
+
+/// A participant who is speaking ([`Router::speakers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speaker {
+    /// The participant's name.
+    pub participant: Arc<str>,
+    /// The mean level of its voice over the last
+    /// [`WINDOW`](crate::speech::WINDOW), dBov.
+    pub level_dbov: i8,
 }
 
 /// A verdict to send one packet to one subscriber track.
@@ -153,6 +167,8 @@ struct Publication {
     /// When layer activity was last re-evaluated.
     layers_checked: Option<Instant>,
     keyframes: KeyframeThrottle,
+    /// Whether its audio is speech (audio publications).
+    speech: SpeechDetector,
     subscriptions: Vec<Subscription>,
 }
 
@@ -296,6 +312,7 @@ impl Router {
             muted: false,
             layers_checked: None,
             keyframes,
+            speech: SpeechDetector::default(),
             subscriptions: Vec::new(),
         };
         let room = self.rooms.entry(room_key).or_default();
@@ -565,6 +582,9 @@ impl Router {
         if p.muted {
             return false;
         }
+        if let Some(dbov) = meta.audio_level {
+            p.speech.on_level(dbov, now);
+        }
         let source = SourceKey { publication, layer };
         let mut waiting = false;
         let mut awaited = false;
@@ -694,6 +714,35 @@ impl Router {
         }
     }
 
+    /// The named participants of `room` whose audio is speech at `now`
+    /// (see [`crate::speech`]), loudest first. A muted publication does
+    /// not speak.
+    pub fn speakers(&self, room: &str, now: Instant) -> Vec<Speaker> {
+        let Some(room) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut speakers: Vec<Speaker> = room
+            .publications
+            .iter()
+            .filter_map(|id| {
+                let p = self.publications.get(id)?;
+                if p.kind != MediaKind::Audio || p.muted {
+                    return None;
+                }
+                Some(Speaker {
+                    participant: p.participant.clone()?,
+                    level_dbov: p.speech.speaking(now)?,
+                })
+            })
+            .collect();
+        speakers.sort_by(|a, b| {
+            b.level_dbov
+                .cmp(&a.level_dbov)
+                .then_with(|| a.participant.cmp(&b.participant))
+        });
+        speakers
+    }
+
     /// The next thing the server must do, if any.
     pub fn poll_event(&mut self) -> Option<RouterEvent> {
         self.events.pop_front()
@@ -790,6 +839,7 @@ mod tests {
             size: 100,
             keyframe,
             vp8: None,
+            audio_level: None,
             arrival,
         }
     }
@@ -971,6 +1021,58 @@ mod tests {
         // source: nothing older is sent to a viewer that is watching.
         r.publish("live", PUBLISHER_B, None, MediaKind::Video, &[None]);
         assert_eq!(r.on_subscriber_ready(VIEWER, VIDEO), None);
+    }
+
+    #[test]
+    fn speakers_are_named_audio_publications_that_speak_loudest_first() {
+        let t0 = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let alice = r.publish(
+            "talk",
+            PUBLISHER_A,
+            Some("alice"),
+            MediaKind::Audio,
+            &[None],
+        );
+        let bob = r.publish("talk", PUBLISHER_B, Some("bob"), MediaKind::Audio, &[None]);
+        let unnamed = r.publish("talk", SessionId(3), None, MediaKind::Audio, &[None]);
+        let carol = r.publish(
+            "talk",
+            SessionId(4),
+            Some("carol"),
+            MediaKind::Audio,
+            &[None],
+        );
+        let mut out = Vec::new();
+        let talk = |r: &mut Router, p: PublicationId, dbov: i8, out: &mut Vec<Forward>| {
+            for i in 0..10 {
+                let m = PacketMeta {
+                    audio_level: Some(dbov),
+                    ..meta(i, 0, false, t0 + Duration::from_millis(20 * i))
+                };
+                r.on_packet(p, 0, &m, out);
+            }
+        };
+        talk(&mut r, alice, -40, &mut out);
+        talk(&mut r, bob, -20, &mut out);
+        talk(&mut r, unnamed, -20, &mut out);
+        talk(&mut r, carol, -127, &mut out);
+        let now = t0 + Duration::from_millis(300);
+        let heard: Vec<(String, i8)> = r
+            .speakers("talk", now)
+            .into_iter()
+            .map(|s| (s.participant.to_string(), s.level_dbov))
+            .collect();
+        assert_eq!(heard, [("bob".into(), -20), ("alice".into(), -40)]);
+        // An operator's mute silences a speaker at once.
+        r.set_muted(bob, true);
+        let names: Vec<_> = r
+            .speakers("talk", now)
+            .into_iter()
+            .map(|s| s.participant)
+            .collect();
+        assert_eq!(names, [Arc::from("alice")]);
+        assert!(r.speakers("elsewhere", now).is_empty());
     }
 
     #[test]

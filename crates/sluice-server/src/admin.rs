@@ -64,3 +64,13 @@ pub struct ParticipantInfo {
     /// Simulcast layers of its video (1 without simulcast).
     pub video_layers: usize,
 }
+
+/// A participant who is speaking, as conference clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpeakerInfo {
+    /// The participant's name.
+    pub name: String,
+    /// The mean level of its voice over the last 1.6 s, dBov (0 is the
+    /// loudest; speech into a microphone reads about -20 to -40).
+    pub level_dbov: i8,
+}

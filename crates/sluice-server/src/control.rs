@@ -12,8 +12,8 @@ use tracing::info;
 
 use std::sync::Arc;
 
-use crate::admin::{ParticipantInfo, RoomInfo};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use crate::admin::{ParticipantInfo, RoomInfo, SpeakerInfo};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Settings of the media server.
 #[derive(Debug, Clone)]
@@ -251,6 +251,10 @@ pub(crate) enum Command {
         room: String,
         reply: oneshot::Sender<Vec<ParticipantInfo>>,
     },
+    WatchSpeakers {
+        room: String,
+        reply: oneshot::Sender<watch::Receiver<Vec<SpeakerInfo>>>,
+    },
     PublisherStatus {
         room: String,
         resource: String,
@@ -388,6 +392,25 @@ impl ControlHandle {
         self.send_to_room(
             room,
             Command::Participants {
+                room: room.to_owned(),
+                reply,
+            },
+        )
+        .await?;
+        rx.await.map_err(|_| ControlError::Unavailable)
+    }
+
+    /// Who speaks in `room`, loudest first, kept up to date: it changes
+    /// when someone starts or stops speaking or another is loudest, at most
+    /// every 200 ms. The channel lives while someone watches.
+    pub async fn watch_speakers(
+        &self,
+        room: &str,
+    ) -> Result<watch::Receiver<Vec<SpeakerInfo>>, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send_to_room(
+            room,
+            Command::WatchSpeakers {
                 room: room.to_owned(),
                 reply,
             },

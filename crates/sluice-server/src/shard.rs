@@ -22,10 +22,10 @@ use sluice_session::{
     SessionOutput, Vp8Descriptor,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::admin::{LayerInfo, ParticipantInfo, RoomInfo, SessionInfo, TrackInfo};
+use crate::admin::{LayerInfo, ParticipantInfo, RoomInfo, SessionInfo, SpeakerInfo, TrackInfo};
 use crate::control::{
     Caller, Command, ControlError, Created, EndReason, Limits, Patched, PublisherStatus,
     ServerConfig, SessionEnd, SessionRequest,
@@ -50,6 +50,8 @@ const RECV_BATCH: usize = 64;
 const START_WINDOW: Duration = Duration::from_millis(500);
 /// How often per-packet counts are added to the Prometheus counters.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
+/// How often watched rooms' speakers are re-judged.
+const SPEAKERS_TICK: Duration = Duration::from_millis(200);
 /// Remote addresses one session may be reached from (ICE candidates that
 /// proved themselves with a STUN request carrying the session's ufrag).
 const MAX_ADDRS_PER_SESSION: usize = 8;
@@ -139,6 +141,8 @@ pub(crate) struct Shard {
     session_ends: broadcast::Sender<SessionEnd>,
     /// The last [`RECENT_ENDS`] of them: resource id, room, owner, reason.
     recent_ends: VecDeque<RecentEnd>,
+    /// Who speaks, per room that a conference client watches.
+    speakers: HashMap<Arc<str>, watch::Sender<Vec<SpeakerInfo>>>,
 }
 
 /// A publisher session the server ended, remembered for a while.
@@ -213,6 +217,7 @@ impl Shard {
             room_changes,
             session_ends,
             recent_ends: VecDeque::new(),
+            speakers: HashMap::new(),
         })
     }
 
@@ -220,6 +225,7 @@ impl Shard {
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut flush = tokio::time::interval(METRICS_FLUSH);
+        let mut speakers_tick = tokio::time::interval(SPEAKERS_TICK);
         info!(udp = %self.local, "media shard started");
         loop {
             let deadline = self
@@ -238,6 +244,7 @@ impl Shard {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timers(Instant::now()),
                 _ = flush.tick() => self.report(),
+                _ = speakers_tick.tick() => self.update_speakers(Instant::now()),
             }
             self.outbox.flush(&self.socket);
         }
@@ -271,6 +278,47 @@ impl Shard {
             .publications
             .add(now.publications - self.reported.publications);
         self.reported = now;
+    }
+
+    /// Re-judge who speaks in each watched room, and tell the watchers of
+    /// a room whose speakers changed; forget rooms nobody watches.
+    fn update_speakers(&mut self, now: Instant) {
+        let router = &self.router;
+        self.speakers.retain(|room, watchers| {
+            if watchers.is_closed() {
+                return false;
+            }
+            let speakers: Vec<SpeakerInfo> = router
+                .speakers(room, now)
+                .into_iter()
+                .map(|s| SpeakerInfo {
+                    name: s.participant.to_string(),
+                    level_dbov: s.level_dbov,
+                })
+                .collect();
+            // A change of who speaks, or of who is loudest, is news; a
+            // level that moves a little is not.
+            watchers.send_if_modified(|current| {
+                let changed = current.len() != speakers.len()
+                    || current.iter().zip(&speakers).any(|(a, b)| a.name != b.name);
+                if changed {
+                    *current = speakers;
+                }
+                changed
+            });
+            true
+        });
+    }
+
+    /// A watch on who speaks in `room`.
+    fn watch_speakers(&mut self, room: &str) -> watch::Receiver<Vec<SpeakerInfo>> {
+        if let Some(watchers) = self.speakers.get(room) {
+            return watchers.subscribe();
+        }
+        let (watchers, watch) = watch::channel(Vec::new());
+        self.speakers.insert(Arc::from(room), watchers);
+        self.update_speakers(Instant::now());
+        watch
     }
 
     /// Handle the datagrams queued on the socket (up to [`RECV_BATCH`]),
@@ -523,6 +571,7 @@ impl Shard {
                 size: packet.payload.len(),
                 keyframe: packet.keyframe,
                 vp8: vp8_ids(packet.vp8),
+                audio_level: None,
                 arrival: packet.arrival,
             };
             let Some(rewritten) = self.router.replay(id, track, source, &meta) else {
@@ -619,6 +668,7 @@ impl Shard {
             size: packet.payload.len(),
             keyframe: rtp.codec.is_keyframe(&packet.payload),
             vp8: vp8_ids(rtp.vp8),
+            audio_level: packet.header.ext_vals.audio_level,
             arrival: now,
         };
         let mut forwards = std::mem::take(&mut self.forwards);
@@ -781,6 +831,9 @@ impl Shard {
             }
             Command::Participants { room, reply } => {
                 let _ = reply.send(self.participants(&room));
+            }
+            Command::WatchSpeakers { room, reply } => {
+                let _ = reply.send(self.watch_speakers(&room));
             }
             Command::PublisherStatus {
                 room,

@@ -91,6 +91,9 @@ pub struct PeerOptions {
     /// A publisher's participant name, or the participant a viewer follows
     /// (`?participant=`).
     pub participant: Option<String>,
+    /// A publisher's audio is silence (-127 dBov) rather than alternating
+    /// seconds of speech and quiet.
+    pub silent: bool,
     /// The simulcast layer a viewer asks for (`?layer=` on the WHEP POST:
     /// `q`, `h`, `f` or `auto`); `None` leaves the server's default.
     pub layer: Option<String>,
@@ -120,6 +123,7 @@ impl PeerOptions {
             audio_only: false,
             clips: false,
             participant: None,
+            silent: false,
             layer: None,
             remb_kbps: None,
             pacer_burst: DEFAULT_PACER_BURST,
@@ -338,6 +342,7 @@ impl Peer {
                 VideoCodec::Av1 => Codec::Av1,
             },
             audio_media: SyntheticMedia::default(),
+            silent: options.silent,
             audio_seq: 0,
             layers: if options.audio_only {
                 Vec::new()
@@ -725,6 +730,8 @@ struct Driver {
     publish: bool,
     codec: Codec,
     audio_media: SyntheticMedia,
+    /// Send silence as the audio level.
+    silent: bool,
     /// Last audio sequence number written.
     audio_seq: u64,
     /// The video streams sent: one, or one per simulcast layer.
@@ -1000,6 +1007,7 @@ impl Driver {
         };
         // Stamped as it goes (video may just have gone before it).
         let (payload, ts, level) = self.audio_media.next_audio(Instant::now());
+        let level = if self.silent { -127 } else { level };
         let payload: Arc<[u8]> = payload.into();
         self.audio_seq += 1;
         let seq = self.audio_seq;

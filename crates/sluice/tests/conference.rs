@@ -69,12 +69,12 @@ async fn the_websocket_tells_who_publishes_as_it_changes() {
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&server, "meet"))
         .await
         .unwrap();
-    assert!(names(&next_json(&mut socket).await).is_empty());
+    assert!(names(&next_of_type(&mut socket, "participants").await).is_empty());
 
     let alice = Peer::start(publisher(&server, "meet", "alice"))
         .await
         .unwrap();
-    let first = next_json(&mut socket).await;
+    let first = next_of_type(&mut socket, "participants").await;
     assert_eq!(names(&first), ["alice"]);
     let p = &first["participants"][0];
     assert_eq!((&p["audio"], &p["video"]), (&json!(true), &json!(true)));
@@ -82,14 +82,72 @@ async fn the_websocket_tells_who_publishes_as_it_changes() {
     let unnamed = Peer::start(PeerOptions::new(&server.url, "meet", true))
         .await
         .unwrap();
-    let both = names(&next_json(&mut socket).await);
+    let both = names(&next_of_type(&mut socket, "participants").await);
     assert_eq!(both.len(), 2, "{both:?}");
     assert!(both[1].starts_with('p'), "{both:?}");
 
     assert_eq!(alice.delete().await.unwrap(), 200);
-    assert_eq!(names(&next_json(&mut socket).await), [both[1].clone()]);
+    assert_eq!(
+        names(&next_of_type(&mut socket, "participants").await),
+        [both[1].clone()]
+    );
     assert_eq!(unnamed.delete().await.unwrap(), 200);
-    assert!(names(&next_json(&mut socket).await).is_empty());
+    assert!(names(&next_of_type(&mut socket, "participants").await).is_empty());
+    server.stop().await;
+}
+
+/// Names in a speakers message, loudest first.
+fn speakers(message: &Value) -> Vec<String> {
+    assert_eq!(message["type"], "speakers", "{message}");
+    message["speakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The socket says who speaks, from the audio level each packet carries:
+/// a talking publisher does, a silent one does not; a client that joins
+/// later hears it at once; the list empties when the speaker leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_tells_who_speaks() {
+    let server = TestServer::start().await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&server, "talk"))
+        .await
+        .unwrap();
+    let alice = Peer::start(publisher(&server, "talk", "alice"))
+        .await
+        .unwrap();
+    let bob = Peer::start(PeerOptions {
+        silent: true,
+        ..publisher(&server, "talk", "bob")
+    })
+    .await
+    .unwrap();
+    let first = next_of_type(&mut socket, "speakers").await;
+    assert_eq!(speakers(&first), ["alice"]);
+    // The synthetic voice reads -25 to -34 dBov.
+    let level = first["speakers"][0]["level_dbov"].as_i64().unwrap();
+    assert!((-34..=-25).contains(&level), "{first}");
+    // Nothing changes for a while: bob stays silent, alice's pauses (a
+    // second of quiet after each second of speech) do not end her turn.
+    let quiet = tokio::time::timeout(
+        Duration::from_millis(2500),
+        next_of_type(&mut socket, "speakers"),
+    )
+    .await;
+    assert!(quiet.is_err(), "unexpected change: {quiet:?}");
+
+    let (mut late, _) = tokio_tungstenite::connect_async(ws_url(&server, "talk"))
+        .await
+        .unwrap();
+    assert_eq!(names(&next_json(&mut late).await), ["alice", "bob"]);
+    assert_eq!(speakers(&next_json(&mut late).await), ["alice"]);
+
+    assert_eq!(alice.delete().await.unwrap(), 200);
+    assert!(speakers(&next_of_type(&mut socket, "speakers").await).is_empty());
+    assert_eq!(bob.delete().await.unwrap(), 200);
     server.stop().await;
 }
 
@@ -183,12 +241,18 @@ async fn publishing_again_under_a_name_replaces_the_older_session() {
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&server, "again"))
         .await
         .unwrap();
-    assert_eq!(names(&next_json(&mut socket).await), ["alice"]);
+    assert_eq!(
+        names(&next_of_type(&mut socket, "participants").await),
+        ["alice"]
+    );
     // Another name in the room is left alone.
     let bob = Peer::start(publisher(&server, "again", "bob"))
         .await
         .unwrap();
-    assert_eq!(names(&next_json(&mut socket).await), ["alice", "bob"]);
+    assert_eq!(
+        names(&next_of_type(&mut socket, "participants").await),
+        ["alice", "bob"]
+    );
 
     for peer in [tile, second, bob] {
         assert_eq!(peer.delete().await.unwrap(), 200);
@@ -259,7 +323,7 @@ async fn the_websocket_wants_a_token_when_authentication_is_on() {
     // In the query: checked before the upgrade.
     let good = format!("{url}?token={}", token("secure", true));
     let (mut socket, _) = tokio_tungstenite::connect_async(good).await.unwrap();
-    assert!(names(&next_json(&mut socket).await).is_empty());
+    assert!(names(&next_of_type(&mut socket, "participants").await).is_empty());
     let bad = format!("{url}?token=not-a-token");
     assert_eq!(
         status(tokio_tungstenite::connect_async(bad).await.unwrap_err()),
@@ -291,7 +355,7 @@ async fn the_websocket_wants_a_token_when_authentication_is_on() {
         .send(Message::Text(join.to_string().into()))
         .await
         .unwrap();
-    assert!(names(&next_json(&mut socket).await).is_empty());
+    assert!(names(&next_of_type(&mut socket, "participants").await).is_empty());
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let join = json!({ "type": "join", "token": "forged" });
     socket
@@ -399,7 +463,7 @@ async fn a_publishing_client_hears_why_its_session_ended() {
     sluice_testkit::peer::post_offer(&bob_whip, &offer, Some(&bob))
         .await
         .unwrap();
-    assert_eq!(next_json(&mut bob_socket).await["type"], "participants");
+    next_of_type(&mut bob_socket, "participants").await;
 
     let client = reqwest::Client::new();
     let second_id = name_session(&mut socket, &second).await;
@@ -462,6 +526,6 @@ async fn an_oversized_client_message_closes_only_that_socket() {
     let (mut other, _) = tokio_tungstenite::connect_async(ws_url(&server, "big"))
         .await
         .unwrap();
-    assert!(names(&next_json(&mut other).await).is_empty());
+    assert!(names(&next_of_type(&mut other, "participants").await).is_empty());
     server.stop().await;
 }
