@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub viewer_bwe_initial_bps: Option<u64>,
     /// Viewers without estimation get Sluice's direct egress.
     pub direct_egress: bool,
+    /// Viewers on the direct egress move to a layer their path carries when
+    /// their receiver reports show loss (`sluice_session::loss`).
+    pub viewer_loss_estimate: bool,
     /// Capacity limits.
     pub limits: Limits,
 }
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             keyframe_interval: Duration::from_millis(350),
             viewer_bwe_initial_bps: None,
             direct_egress: true,
+            viewer_loss_estimate: true,
             limits: Limits::default(),
         }
     }

@@ -77,6 +77,7 @@ pub fn start(
             consent_timeout: config.consent_timeout,
             viewer_bwe_initial_bps: config.viewer_bwe_initial_bps,
             direct_egress: config.direct_egress,
+            viewer_loss_estimate: config.viewer_loss_estimate,
         };
         if index == 0 {
             sluice_session::warm_up(&session_config)

@@ -202,8 +202,9 @@ impl Metrics {
             first_video_seconds,
             bandwidth_estimate: histogram(
                 "bandwidth_estimate_bps",
-                "Bandwidth estimates of viewers' paths (TWCC or REMB), bits per second, \
-                 one observation per change",
+                "Bandwidth estimates of viewers' paths (from transport-wide feedback, or \
+                 from the loss in their receiver reports), bits per second, one \
+                 observation per change",
                 &[
                     100e3, 250e3, 500e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6, 50e6,
                 ],

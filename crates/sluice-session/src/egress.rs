@@ -22,6 +22,9 @@
 //! - **Sender reports.** str0m still sends one per stream and second, but
 //!   it never saw the packets; each is opened, given this module's RTP
 //!   time, packet and octet counts, and sealed again under its own index.
+//! - **Loss.** str0m's receiver report figures cover only what it sent:
+//!   this module reads the viewer's report blocks itself and makes loss
+//!   samples of them ([`Egress::take_loss`]) for [`crate::loss`].
 //!
 //! The route media goes on is the one str0m last sent DTLS or SRTCP on,
 //! or the one the viewer's ICE agent last nominated, from the moment str0m
@@ -65,6 +68,12 @@ const RTP_HEADER: usize = 12;
 const MAX_EXTENSIONS: usize = 28;
 /// RTCP packet type of a sender report.
 const RTCP_SR: u8 = 200;
+/// RTCP packet type of a receiver report.
+const RTCP_RR: u8 = 201;
+/// Size of a report block (RFC 3550 section 6.4.1).
+const REPORT_BLOCK: usize = 24;
+/// Least time a loss sample ([`Egress::take_loss`]) spans.
+const LOSS_SAMPLE: Duration = Duration::from_millis(500);
 /// RTCP packet type of transport-layer feedback (RFC 4585), whose format 1
 /// is the generic NACK.
 const RTCP_RTPFB: u8 = 205;
@@ -275,6 +284,8 @@ struct Stream {
     rtx_seq: u64,
     /// Resend bytes this stream may still spend.
     resend_budget: f64,
+    /// Packets and octets sent when the viewer last reported on it.
+    reported: Option<(u32, u32)>,
 }
 
 impl Stream {
@@ -292,6 +303,7 @@ impl Stream {
             resent: VecDeque::new(),
             rtx_seq: u64::from(rand_u16() & 0x7fff),
             resend_budget: RESEND_BURST,
+            reported: None,
         }
     }
 }
@@ -371,6 +383,73 @@ pub struct Egress {
     out: VecDeque<Transmit>,
     /// Packets NACKed and not yet handed to [`Egress::take_resends`].
     wanted: Vec<Resend>,
+    /// What the viewer's reports said since the last loss sample.
+    loss: LossSample,
+}
+
+/// The viewer's receiver reports since the last [`Egress::take_loss`].
+#[derive(Debug, Default)]
+struct LossSample {
+    /// When the sample started (the first report, then the last sample).
+    since: Option<Instant>,
+    /// Packets reported on, and how many of them were lost.
+    sent: u64,
+    lost: f64,
+    /// Payload octets sent meanwhile.
+    octets: u64,
+}
+
+impl LossSample {
+    /// The viewer reported `lost` (its fraction lost) on `stream` at
+    /// `now`: weigh it by the packets sent since its last report on that
+    /// stream. The first report on a stream only marks where the next
+    /// one starts.
+    fn add(&mut self, stream: &mut Stream, lost: f64, now: Instant) {
+        self.since.get_or_insert(now);
+        let counts = (stream.packets, stream.octets);
+        let Some((packets, octets)) = stream.reported.replace(counts) else {
+            return;
+        };
+        let sent = u64::from(counts.0.wrapping_sub(packets));
+        self.sent += sent;
+        self.lost += lost * sent as f64;
+        self.octets += u64::from(counts.1.wrapping_sub(octets));
+    }
+
+    /// The sample, once it spans [`LOSS_SAMPLE`] and covers a packet; a
+    /// new one starts.
+    fn take(&mut self, now: Instant) -> Option<(f64, u64)> {
+        let span = now.saturating_duration_since(self.since?);
+        if span < LOSS_SAMPLE || self.sent == 0 {
+            return None;
+        }
+        let sample = std::mem::replace(
+            self,
+            LossSample {
+                since: Some(now),
+                ..LossSample::default()
+            },
+        );
+        let bps = (sample.octets as f64 * 8.0 / span.as_secs_f64()) as u64;
+        Some((sample.lost / sample.sent as f64, bps))
+    }
+}
+
+/// The report blocks of one RTCP packet, if it is a sender or receiver
+/// report: each block's SSRC and fraction lost (out of 256).
+fn report_blocks(packet: &[u8]) -> impl Iterator<Item = (u32, u8)> + '_ {
+    let from = match packet.get(1) {
+        Some(&RTCP_RR) => 8,
+        Some(&RTCP_SR) => 28,
+        _ => packet.len(),
+    };
+    let count = packet.first().map_or(0, |first| usize::from(first & 0x1f));
+    packet
+        .get(from..)
+        .unwrap_or_default()
+        .chunks_exact(REPORT_BLOCK)
+        .take(count)
+        .map(|b| (u32::from_be_bytes([b[0], b[1], b[2], b[3]]), b[4]))
 }
 
 /// Whether str0m's datagram `transmit` is DTLS or SRTCP, which str0m
@@ -410,6 +489,7 @@ impl Egress {
                 .collect(),
             out: VecDeque::new(),
             wanted: Vec::new(),
+            loss: LossSample::default(),
         })
     }
 
@@ -498,10 +578,11 @@ impl Egress {
         true
     }
 
-    /// Read the viewer's SRTCP datagram `datagram` for NACKs; the packets
-    /// they ask for wait in [`Egress::take_resends`]. Returns how many NACK
-    /// messages it held.
-    pub fn on_rtcp(&mut self, datagram: &[u8]) -> u64 {
+    /// Read the viewer's SRTCP datagram `datagram`, received at `now`, for
+    /// NACKs (the packets they ask for wait in [`Egress::take_resends`])
+    /// and report blocks (their loss adds to [`Egress::take_loss`]).
+    /// Returns how many NACK messages it held.
+    pub fn on_rtcp(&mut self, datagram: &[u8], now: Instant) -> u64 {
         let Some(rtcp) = self.receive.open_rtcp(datagram) else {
             return 0;
         };
@@ -514,6 +595,11 @@ impl Egress {
             if first & 0x20 != 0 {
                 // Padding: its last byte counts the padding bytes.
                 end -= usize::from(rtcp[end - 1]).min(end - at - 4);
+            }
+            for (ssrc, fraction) in report_blocks(&rtcp[at..end]) {
+                if let Some(stream) = self.streams.iter_mut().find(|s| s.ids.ssrc == ssrc) {
+                    self.loss.add(stream, f64::from(fraction) / 256.0, now);
+                }
             }
             let generic_nack = first >> 6 == 2 && first & 0x1f == 1 && pt == RTCP_RTPFB;
             if generic_nack && end >= at + 12 {
@@ -545,6 +631,13 @@ impl Egress {
             at = next;
         }
         nacks
+    }
+
+    /// The loss the viewer's reports showed, as a fraction of the packets
+    /// sent, and the payload rate sent (bits per second), over the time
+    /// since the last sample, once that is at least half a second.
+    pub fn take_loss(&mut self, now: Instant) -> Option<(f64, u64)> {
+        self.loss.take(now)
     }
 
     /// Note the packet of `ssrc` whose sequence number ends in `seq` as
@@ -971,6 +1064,56 @@ mod tests {
         assert_eq!(none, vec![0x80; RTP_HEADER]);
         assert_eq!(MidBytes::of(Mid::from("video")).as_bytes(), b"video");
         assert!(MidBytes::of(Mid::from("")).as_bytes().is_empty());
+    }
+
+    #[test]
+    fn report_blocks_are_read_from_receiver_and_sender_reports() {
+        let block = |ssrc: u32, fraction: u8| {
+            let mut b = ssrc.to_be_bytes().to_vec();
+            b.push(fraction);
+            b.extend_from_slice(&[0; 19]);
+            b
+        };
+        // An RR from SSRC 1 with two blocks.
+        let mut rr = vec![0x82, 201, 0, 13, 0, 0, 0, 1];
+        rr.extend(block(7, 64));
+        rr.extend(block(9, 0));
+        let blocks: Vec<_> = report_blocks(&rr).collect();
+        assert_eq!(blocks, [(7, 64), (9, 0)]);
+        // An SR with one block after its sender info.
+        let mut sr = vec![0x81, 200, 0, 12, 0, 0, 0, 1];
+        sr.extend_from_slice(&[0; 20]);
+        sr.extend(block(7, 128));
+        assert_eq!(report_blocks(&sr).collect::<Vec<_>>(), [(7, 128)]);
+        // A count beyond the packet, and other packet types: nothing made up.
+        assert_eq!(report_blocks(&rr[..8 + 24]).count(), 1);
+        assert_eq!(report_blocks(&[0x81, 205, 0, 0]).count(), 0);
+        assert_eq!(report_blocks(&[]).count(), 0);
+    }
+
+    #[test]
+    fn loss_is_weighed_by_the_packets_each_report_covers() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let (mut video, mut audio) = (stream(ExtIds::default()), stream(ExtIds::default()));
+        let mut sample = LossSample::default();
+        // The first reports only mark where the next ones start.
+        sample.add(&mut video, 0.5, t0);
+        sample.add(&mut audio, 0.5, t0);
+        assert_eq!(sample.take(t0 + ms(600)), None, "nothing covered yet");
+        // 90 video packets (90,000 octets) at a quarter lost, 10 audio
+        // packets (1,000 octets) none lost, over 1 s.
+        video.packets += 90;
+        video.octets += 90_000;
+        audio.packets += 10;
+        audio.octets += 1_000;
+        sample.add(&mut video, 0.25, t0 + ms(700));
+        assert_eq!(sample.take(t0 + ms(400)), None, "under half a second");
+        sample.add(&mut audio, 0.0, t0 + ms(900));
+        let (lost, bps) = sample.take(t0 + ms(1000)).unwrap();
+        assert!((lost - 0.225).abs() < 1e-9, "{lost}");
+        assert_eq!(bps, 728_000);
+        assert_eq!(sample.take(t0 + ms(2000)), None, "a new sample starts");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod demux;
 mod dtls;
 mod egress;
 pub mod history;
+pub mod loss;
 pub mod negotiate;
 pub mod session;
 mod srtp;

@@ -37,6 +37,9 @@ pub struct SessionConfig {
     /// Viewers without an estimator get the direct egress
     /// (`crate::egress`): Sluice, not str0m, seals their RTP.
     pub direct_egress: bool,
+    /// Viewers on the direct egress estimate their path from the loss
+    /// their receiver reports show ([`crate::loss`]).
+    pub viewer_loss_estimate: bool,
 }
 
 /// Why an offer was refused. The text is meant for the HTTP client.

@@ -20,6 +20,7 @@ use crate::demux;
 use crate::dtls::KeySlot;
 use crate::egress::{self, Egress, Origin, OutPacket, Resend, Route, StreamIds};
 use crate::history::{self, Kept};
+use crate::loss::LossEstimator;
 use crate::negotiate::{self, NegotiateError, Role, SessionConfig};
 use crate::trickle::{self, SdpFrag};
 
@@ -83,7 +84,8 @@ pub enum SessionEvent {
         mid: Mid,
     },
     /// The bandwidth estimator's view of the path to the peer (viewers
-    /// with estimation on).
+    /// with estimation on), or the loss-based estimate of a viewer on the
+    /// direct egress once its reports showed congestion ([`crate::loss`]).
     BandwidthEstimate {
         /// Bits per second the path is estimated to carry.
         bps: u64,
@@ -176,6 +178,9 @@ pub struct Session {
     /// A viewer with a bandwidth estimator (see
     /// [`SessionConfig::viewer_bwe_initial_bps`]).
     estimating: bool,
+    /// A viewer's loss-based estimate, from the receiver reports its
+    /// direct egress reads (see [`SessionConfig::viewer_loss_estimate`]).
+    loss: Option<LossEstimator>,
 }
 
 impl std::fmt::Debug for Session {
@@ -222,6 +227,8 @@ impl Session {
             clock: now,
             media_closed: false,
             estimating: role == Role::Viewer && config.viewer_bwe_initial_bps.is_some(),
+            loss: (role == Role::Viewer && config.viewer_loss_estimate)
+                .then(LossEstimator::default),
         };
         for mid in offered {
             // Data channels have no media entry.
@@ -420,10 +427,17 @@ impl Session {
         if let (Some(egress), Some(_)) = (&mut self.egress, self.route)
             && egress::is_rtcp(datagram)
         {
-            let received = egress.on_rtcp(datagram);
+            let received = egress.on_rtcp(datagram, now);
             if received > 0 {
                 self.pending
                     .push_back(SessionEvent::Nacks { received, sent: 0 });
+            }
+            if let Some((lost, sent_bps)) = egress.take_loss(now)
+                && let Some(loss) = &mut self.loss
+                && let Some(bps) = loss.on_report(lost, sent_bps, now)
+            {
+                self.pending
+                    .push_back(SessionEvent::BandwidthEstimate { bps });
             }
             let resends = egress.take_resends();
             if !resends.is_empty() {

@@ -209,6 +209,9 @@ pub struct MediaConfig {
     /// Seal viewers' RTP in Sluice rather than str0m (about half the CPU
     /// per forwarded packet); on by default.
     pub direct_egress: bool,
+    /// Move a viewer on the direct egress to a simulcast layer its path
+    /// carries when its receiver reports show loss; on by default.
+    pub viewer_loss_estimate: bool,
 }
 
 /// `[log]` section.
@@ -249,6 +252,7 @@ impl Default for MediaConfig {
             keyframe_interval_ms: 350,
             viewer_start_bitrate_kbps: 0,
             direct_egress: true,
+            viewer_loss_estimate: true,
         }
     }
 }
@@ -349,6 +353,7 @@ impl Config {
             viewer_bwe_initial_bps: (self.media.viewer_start_bitrate_kbps > 0)
                 .then(|| self.media.viewer_start_bitrate_kbps * 1000),
             direct_egress: self.media.direct_egress,
+            viewer_loss_estimate: self.media.viewer_loss_estimate,
             limits: sluice_server::Limits {
                 max_rooms: self.limits.max_rooms,
                 max_sessions_per_room: self.limits.max_sessions_per_room,

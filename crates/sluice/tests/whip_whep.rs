@@ -381,6 +381,44 @@ async fn a_viewer_on_a_narrow_link_gets_a_layer_that_fits() {
     server.stop().await;
 }
 
+/// Without an estimator (the default), a viewer behind a narrow link loses
+/// most of the best layer: its receiver reports say so, and it moves to a
+/// layer that fits, while a viewer that loses nothing stays on the best.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_whose_reports_show_loss_moves_to_a_layer_that_fits() {
+    let server = TestServer::start().await;
+    let publisher = simulcast_publisher(&server.url, "lossy").await;
+    let narrow = Peer::start(PeerOptions {
+        loss: Some(Loss {
+            to_peer_kbps: Some(400),
+            ..Loss::default()
+        }),
+        ..options(&server.url, "lossy", false)
+    })
+    .await
+    .unwrap();
+    let wide = Peer::start(options(&server.url, "lossy", false))
+        .await
+        .unwrap();
+    assert!(reaches_layer(&wide, 3).await, "the wide viewer gets f");
+    assert!(
+        reaches_layer(&narrow, 1).await,
+        "the narrow viewer moves to q"
+    );
+    let n = settled_layers(&narrow).await;
+    assert!(only_layer(n, 1), "the narrow viewer gets q: {n:?}");
+    let lost = narrow.with_state(|s| s.rx[1].lost());
+    let w = settled_layers(&wide).await;
+    assert!(only_layer(w, 3), "the wide viewer stays on f: {w:?}");
+    // On q, what the narrow viewer's link carries, it loses next to nothing.
+    let more = narrow.with_state(|s| s.rx[1].lost()) - lost;
+    assert!(more < 10, "{more} more packets lost on q");
+    for peer in [narrow, wide, publisher] {
+        assert_eq!(peer.delete().await.unwrap(), 200);
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_only_sessions_carry_audio_and_its_level() {
     let server = TestServer::start().await;

@@ -106,6 +106,7 @@ pub fn config(estimation: Option<u64>) -> SessionConfig {
         consent_timeout: Duration::from_secs(30),
         viewer_bwe_initial_bps: estimation,
         direct_egress: true,
+        viewer_loss_estimate: true,
     }
 }
 
