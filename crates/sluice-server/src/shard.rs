@@ -1397,7 +1397,8 @@ impl Shard {
             None => info!(session = id.0, room = %entry.room, identity, "session ended"),
             Some(why) => {
                 self.metrics.sessions_lost.with_label_values(&[why]).inc();
-                warn!(session = id.0, room = %entry.room, identity, reason = why, "session lost");
+                let error = entry.session.failure().unwrap_or("-");
+                warn!(session = id.0, room = %entry.room, identity, reason = why, error, "session lost");
             }
         }
     }

@@ -175,6 +175,8 @@ pub struct Session {
     clock: Instant,
     /// The peer closed DTLS: no more media goes to it.
     media_closed: bool,
+    /// Why str0m gave up on the session, if it did ([`Session::failure`]).
+    failure: Option<String>,
     /// A viewer with a bandwidth estimator (see
     /// [`SessionConfig::viewer_bwe_initial_bps`]).
     estimating: bool,
@@ -226,6 +228,7 @@ impl Session {
             egress: None,
             clock: now,
             media_closed: false,
+            failure: None,
             estimating: role == Role::Viewer && config.viewer_bwe_initial_bps.is_some(),
             loss: (role == Role::Viewer && config.viewer_loss_estimate)
                 .then(LossEstimator::default),
@@ -453,8 +456,8 @@ impl Session {
                 contents,
             },
         );
-        if self.rtc.handle_input(input).is_err() {
-            self.close(CloseReason::Disconnected);
+        if let Err(e) = self.rtc.handle_input(input) {
+            self.fail(e);
         }
     }
 
@@ -472,8 +475,8 @@ impl Session {
             return;
         }
         self.rtc_timeout = None;
-        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
-            self.close(CloseReason::Disconnected);
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            self.fail(e);
         }
     }
 
@@ -484,6 +487,22 @@ impl Session {
         if let (Some(egress), Some(route)) = (&mut self.egress, self.route) {
             egress.resend(route, resend, kept, now, buffers);
         }
+    }
+
+    /// Close the session because str0m failed on `error` (a DTLS
+    /// handshake it refused, a fingerprint that does not match the SDP):
+    /// [`Session::failure`] then says what went wrong.
+    fn fail(&mut self, error: impl std::fmt::Display) {
+        if self.closed.is_none() {
+            self.failure = Some(error.to_string());
+        }
+        self.close(CloseReason::Disconnected);
+    }
+
+    /// What made the session fail, when str0m refused something the peer
+    /// sent (for the log: a client with an unusable DTLS certificate, say).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     /// End the session (DELETE, shutdown).
@@ -526,8 +545,8 @@ impl Session {
         loop {
             let output = match self.rtc.poll_output() {
                 Ok(o) => o,
-                Err(_) => {
-                    self.close(CloseReason::Disconnected);
+                Err(e) => {
+                    self.fail(e);
                     return self.poll();
                 }
             };

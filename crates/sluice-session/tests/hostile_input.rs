@@ -8,7 +8,7 @@ mod common;
 
 use common::{PEER, SERVER, client, connected};
 use rand::Rng;
-use sluice_session::{Role, Session, SessionConfig, SessionEvent, SessionOutput};
+use sluice_session::{CloseReason, Role, Session, SessionConfig, SessionEvent, SessionOutput};
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaTime};
 use str0m::{Input, Output};
@@ -172,4 +172,32 @@ fn malformed_offers_are_refused_without_panicking() {
             let _ = Session::accept(role, &text, &config(), &[], now);
         }
     }
+}
+
+/// A client whose DTLS certificate does not match the fingerprint in its
+/// offer is refused, and the session says why (for the server's log).
+#[test]
+fn a_dtls_certificate_that_is_not_the_offered_one_fails_the_session_with_a_reason() {
+    let tamper = |offer: String| {
+        offer
+            .lines()
+            .map(|line| match line.strip_prefix("a=fingerprint:sha-256 ") {
+                Some(hex) => format!(
+                    "a=fingerprint:sha-256 {}",
+                    hex.replace(|c: char| c.is_ascii_hexdigit(), "0")
+                ),
+                None => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            + "\r\n"
+    };
+    let (mut session, mut client, _, now) = common::accepted(Role::Publisher, &config(), tamper);
+    let (event, _) = common::handshake(&mut session, &mut client, now);
+    assert!(
+        matches!(event, SessionEvent::Closed(CloseReason::Disconnected)),
+        "{event:?}"
+    );
+    let failure = session.failure().expect("a reason");
+    assert!(failure.contains("fingerprint"), "{failure}");
 }

@@ -50,53 +50,82 @@ pub fn to_client(client: &mut Rtc, now: Instant, datagram: &[u8]) {
             contents: datagram.try_into().unwrap(),
         },
     );
-    client.handle_input(input).unwrap();
+    // A client the server gave up on may refuse what is still in flight.
+    let _ = client.handle_input(input);
 }
 
 /// A session of `role` and a client that completed ICE and DTLS with it
 /// over an in-memory network, in simulated time. Returns them, the
 /// client's video mid and the time reached.
 pub fn connected(role: Role, config: &SessionConfig) -> (Session, Rtc, Mid, Instant) {
-    let mut now = Instant::now();
+    let (mut session, mut rtc, video, now) = accepted(role, config, |offer| offer);
+    match handshake(&mut session, &mut rtc, now) {
+        (SessionEvent::Connected, now) => (session, rtc, video, now),
+        (other, _) => panic!("no connection: {other:?}"),
+    }
+}
+
+/// A session of `role` made from a client's offer, edited by `edit`, and
+/// the client with the answer applied; its video mid and the time.
+pub fn accepted(
+    role: Role,
+    config: &SessionConfig,
+    edit: impl FnOnce(String) -> String,
+) -> (Session, Rtc, Mid, Instant) {
+    let now = Instant::now();
     let direction = match role {
         Role::Publisher => Direction::SendOnly,
         Role::Viewer => Direction::RecvOnly,
     };
     let (mut rtc, offer, pending, video) = client(now, direction);
-    let (mut session, answer) = Session::accept(role, &offer, config, &[], now).unwrap();
+    let (session, answer) = Session::accept(role, &edit(offer), config, &[], now).unwrap();
     rtc.sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
         .unwrap();
+    (session, rtc, video, now)
+}
+
+/// Run ICE and DTLS between `session` and `rtc` over an in-memory network
+/// in simulated time from `now`, until the session connects or closes:
+/// that event, and the time reached.
+pub fn handshake(
+    session: &mut Session,
+    rtc: &mut Rtc,
+    mut now: Instant,
+) -> (SessionEvent, Instant) {
     let (peer, server): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), SERVER.parse().unwrap());
-    let mut connected = false;
+    let mut outcome = None;
     for _ in 0..2_000 {
         // Client to server.
         let client_next = loop {
-            match rtc.poll_output().unwrap() {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => session.handle_datagram(now, peer, server, &t.contents),
-                Output::Event(_) => {}
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => session.handle_datagram(now, peer, server, &t.contents),
+                Ok(Output::Event(_)) => {}
+                Err(_) => break now + Duration::from_secs(1),
             }
         };
         // Server to client.
         let server_next = loop {
             match session.poll() {
                 SessionOutput::Timeout(t) => break t,
-                SessionOutput::Transmit(t) => to_client(&mut rtc, now, &t.contents),
-                SessionOutput::Event(SessionEvent::Connected) => connected = true,
+                SessionOutput::Transmit(t) => to_client(rtc, now, &t.contents),
+                SessionOutput::Event(e @ (SessionEvent::Connected | SessionEvent::Closed(_))) => {
+                    outcome.get_or_insert(e);
+                }
                 SessionOutput::Event(_) => {}
             }
         };
-        if connected {
-            return (session, rtc, video, now);
+        if let Some(e) = outcome {
+            return (e, now);
         }
         now = client_next
             .min(server_next)
             .max(now + Duration::from_millis(1));
-        rtc.handle_input(Input::Timeout(now)).unwrap();
+        let _ = rtc.handle_input(Input::Timeout(now));
         session.handle_timeout(now);
     }
-    panic!("no connection in simulated time");
+    panic!("neither connected nor closed in simulated time");
 }
 
 /// A server on 127.0.0.1:5000, bandwidth estimation as given.
