@@ -284,8 +284,9 @@ struct Stream {
     rtx_seq: u64,
     /// Resend bytes this stream may still spend.
     resend_budget: f64,
-    /// Packets and octets sent when the viewer last reported on it.
-    reported: Option<(u32, u32)>,
+    /// Packets and octets sent when the viewer last reported on it (none
+    /// before its first report, which covers the stream from its start).
+    reported: (u32, u32),
 }
 
 impl Stream {
@@ -303,7 +304,7 @@ impl Stream {
             resent: VecDeque::new(),
             rtx_seq: u64::from(rand_u16() & 0x7fff),
             resend_budget: RESEND_BURST,
-            reported: None,
+            reported: (0, 0),
         }
     }
 }
@@ -390,7 +391,7 @@ pub struct Egress {
 /// The viewer's receiver reports since the last [`Egress::take_loss`].
 #[derive(Debug, Default)]
 struct LossSample {
-    /// When the sample started (the first report, then the last sample).
+    /// When the sample started (the egress's start, then the last sample).
     since: Option<Instant>,
     /// Packets reported on, and how many of them were lost.
     sent: u64,
@@ -402,14 +403,11 @@ struct LossSample {
 impl LossSample {
     /// The viewer reported `lost` (its fraction lost) on `stream` at
     /// `now`: weigh it by the packets sent since its last report on that
-    /// stream. The first report on a stream only marks where the next
-    /// one starts.
+    /// stream (since the start, for the first).
     fn add(&mut self, stream: &mut Stream, lost: f64, now: Instant) {
         self.since.get_or_insert(now);
         let counts = (stream.packets, stream.octets);
-        let Some((packets, octets)) = stream.reported.replace(counts) else {
-            return;
-        };
+        let (packets, octets) = std::mem::replace(&mut stream.reported, counts);
         let sent = u64::from(counts.0.wrapping_sub(packets));
         self.sent += sent;
         self.lost += lost * sent as f64;
@@ -469,13 +467,14 @@ pub fn is_rtcp(datagram: &[u8]) -> bool {
 }
 
 impl Egress {
-    /// An egress for `streams` with the SRTP keys of `keys`, whose header
-    /// extension ids are in `extmap(mid)`; `None` if the keys are of a
-    /// profile [`crate::srtp`] does not handle.
+    /// An egress for `streams`, starting at `now`, with the SRTP keys of
+    /// `keys`, whose header extension ids are in `extmap(mid)`; `None` if
+    /// the keys are of a profile [`crate::srtp`] does not handle.
     pub fn new(
         keys: &SrtpKeys,
         streams: &[StreamIds],
         extmap: impl Fn(Mid) -> Option<ExtensionMap>,
+        now: Instant,
     ) -> Option<Egress> {
         Some(Egress {
             send: SrtpContext::new(keys, true)?,
@@ -489,7 +488,10 @@ impl Egress {
                 .collect(),
             out: VecDeque::new(),
             wanted: Vec::new(),
-            loss: LossSample::default(),
+            loss: LossSample {
+                since: Some(now),
+                ..LossSample::default()
+            },
         })
     }
 
@@ -1096,13 +1098,15 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let (mut video, mut audio) = (stream(ExtIds::default()), stream(ExtIds::default()));
-        let mut sample = LossSample::default();
-        // The first reports only mark where the next ones start.
+        let mut sample = LossSample {
+            since: Some(t0),
+            ..LossSample::default()
+        };
+        // Nothing sent yet: a report covers no packets.
         sample.add(&mut video, 0.5, t0);
-        sample.add(&mut audio, 0.5, t0);
         assert_eq!(sample.take(t0 + ms(600)), None, "nothing covered yet");
         // 90 video packets (90,000 octets) at a quarter lost, 10 audio
-        // packets (1,000 octets) none lost, over 1 s.
+        // packets (1,000 octets) none lost, over 1 s from the start.
         video.packets += 90;
         video.octets += 90_000;
         audio.packets += 10;

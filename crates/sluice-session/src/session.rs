@@ -740,9 +740,12 @@ impl Session {
             }
         }
         let rtc = &self.rtc;
-        self.egress = Egress::new(&keys, &streams, |mid| {
-            rtc.media(mid).map(|m| m.remote_extmap().clone())
-        });
+        self.egress = Egress::new(
+            &keys,
+            &streams,
+            |mid| rtc.media(mid).map(|m| m.remote_extmap().clone()),
+            self.clock,
+        );
         let Some(egress) = &self.egress else {
             return;
         };
