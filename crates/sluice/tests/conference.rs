@@ -39,8 +39,19 @@ async fn next_json(socket: &mut Socket) -> Value {
 
 /// Names in a participants message, in order.
 fn names(message: &Value) -> Vec<String> {
-    assert_eq!(message["type"], "participants", "{message}");
-    message["participants"]
+    named(message, "participants")
+}
+
+/// Names in a speakers message, loudest first.
+fn speakers(message: &Value) -> Vec<String> {
+    named(message, "speakers")
+}
+
+/// The names in the list of a message of type `kind` (the list has the
+/// type's name).
+fn named(message: &Value, kind: &str) -> Vec<String> {
+    assert_eq!(message["type"], kind, "{message}");
+    message[kind]
         .as_array()
         .unwrap()
         .iter()
@@ -94,17 +105,6 @@ async fn the_websocket_tells_who_publishes_as_it_changes() {
     assert_eq!(unnamed.delete().await.unwrap(), 200);
     assert!(names(&next_of_type(&mut socket, "participants").await).is_empty());
     server.stop().await;
-}
-
-/// Names in a speakers message, loudest first.
-fn speakers(message: &Value) -> Vec<String> {
-    assert_eq!(message["type"], "speakers", "{message}");
-    message["speakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// The socket says who speaks, from the audio level each packet carries:
