@@ -22,6 +22,10 @@ pub struct SessionInfo {
     pub identity: Option<String>,
     /// Whether ICE and DTLS are up.
     pub connected: bool,
+    /// A viewer's bandwidth estimate, kbit/s: from transport-wide feedback
+    /// with estimation on, or the loss-based estimate once its receiver
+    /// reports showed congestion; `None` otherwise.
+    pub estimate_kbps: Option<u64>,
     /// Tracks it publishes.
     pub tracks: Vec<TrackInfo>,
 }

@@ -1004,6 +1004,7 @@ impl Shard {
             role: role_label(e.session.role()),
             identity: e.identity.clone(),
             connected: e.joining_since.is_none(),
+            estimate_kbps: e.estimate_bps.map(|bps| bps / 1000),
             tracks,
         })
     }

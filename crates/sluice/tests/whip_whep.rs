@@ -413,6 +413,26 @@ async fn a_viewer_whose_reports_show_loss_moves_to_a_layer_that_fits() {
     // On q, what the narrow viewer's link carries, it loses next to nothing.
     let more = narrow.with_state(|s| s.rx[1].lost()) - lost;
     assert!(more < 10, "{more} more packets lost on q");
+    // The admin API shows the narrow viewer's estimate (far under the
+    // 2 Mbit/s of f; it grows again after a hold), and none for the wide
+    // one.
+    let room: serde_json::Value = reqwest::get(format!("{}/api/rooms/lossy", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let estimate = |peer: &Peer| {
+        let id = peer.resource.rsplit('/').next().unwrap();
+        let sessions = room["sessions"].as_array().unwrap();
+        let session = sessions.iter().find(|s| s["id"] == id).unwrap();
+        session["estimate_kbps"].as_u64()
+    };
+    assert!(
+        estimate(&narrow).is_some_and(|kbps| (100..1000).contains(&kbps)),
+        "{room}"
+    );
+    assert_eq!(estimate(&wide), None, "{room}");
     for peer in [narrow, wide, publisher] {
         assert_eq!(peer.delete().await.unwrap(), 200);
     }
