@@ -22,6 +22,9 @@ cargo build -p sluice -p sluice-loadtest --locked
 if [ "${SLUICE_SKIP_BROWSER:-0}" != 1 ]; then
     step "browser end-to-end tests (headless Chromium)"
     bash tests/browser/with-server.sh bash tests/browser/run.sh
+
+    step "browser: a viewer behind a 500 kbit/s path moves to a layer it carries"
+    bash tests/browser/narrow-link.sh --check 500 30
 fi
 
 step "interop: aiortc publishes H.264 + Opus over WHIP, aiortc watches over WHEP"

@@ -3,9 +3,11 @@
 // publishes the fake camera (simulcast), watches it, and prints once a
 // second what the viewer decodes; then one JSON line with the seconds
 // spent on each resolution, the seconds without a new frame and the
-// packets lost. A measurement tool, not part of the test suite.
+// packets lost. With CHECK=1 it fails (exit 1) unless the viewer ends on a
+// layer below the best and decodes at least 5 frames a second over the
+// last 10 s, as a viewer whose layer fits its path does.
 //
-//   BASE=http://127.0.0.1:18400 SECONDS_TO_WATCH=50 node narrow-link.mjs
+//   BASE=http://127.0.0.1:18400 SECONDS_TO_WATCH=50 [CHECK=1] node narrow-link.mjs
 import { chromium } from 'playwright-core';
 
 const BASE = process.env.BASE;
@@ -28,6 +30,8 @@ try {
   let frozen = 0;
   let frames = 0;
   let lost = 0;
+  let width = 0;
+  const history = [];
   for (let t = 1; t <= SECONDS; t++) {
     await sleep(1000);
     const s = await viewer.evaluate(() => window.sluice);
@@ -37,8 +41,17 @@ try {
     else bySize[size] = (bySize[size] || 0) + 1;
     frames = s.framesDecoded;
     lost = s.packetsLost;
+    width = s.frameWidth;
+    history.push(frames);
   }
   console.log(JSON.stringify({ seconds: SECONDS, seconds_by_resolution: bySize, seconds_frozen: frozen, packets_lost: lost }));
+  if (process.env.CHECK === '1') {
+    const recent = frames - history[Math.max(0, history.length - 11)];
+    if (width === 0 || width >= 1280 || recent < 50) {
+      console.log(`FAIL: the viewer ends at width ${width}, ${recent} frames in the last 10 s`);
+      process.exitCode = 1;
+    }
+  }
 } finally {
   await browser.close();
 }
