@@ -90,6 +90,15 @@ impl KeyframeThrottle {
         due
     }
 
+    /// Nobody waits for a keyframe of `layer` any more (the viewers that
+    /// asked started on a kept one): a request not sent yet is dropped,
+    /// one already sent stays unanswered until its keyframe comes.
+    pub fn cancel(&mut self, layer: usize) {
+        if let Some(l) = self.layers.get_mut(layer) {
+            l.pending = false;
+        }
+    }
+
     /// A keyframe of `layer` arrived: every request for it made so far is
     /// answered.
     pub fn on_keyframe(&mut self, layer: usize) {
@@ -118,6 +127,18 @@ mod tests {
         assert!(!k.poll(0, t0 + MS(500)));
         k.on_keyframe(0);
         assert!(!k.poll(0, t0 + MS(600)), "the keyframe answered them all");
+    }
+
+    #[test]
+    fn a_cancelled_request_does_not_go_out() {
+        let t0 = Instant::now();
+        let mut k = KeyframeThrottle::new(MS(300), 1);
+        assert!(k.request(0, t0));
+        k.on_keyframe(0);
+        assert!(!k.request(0, t0 + MS(50)), "deferred");
+        k.cancel(0);
+        assert!(!k.poll(0, t0 + MS(400)), "nobody waits for it");
+        assert!(k.request(0, t0 + MS(500)), "a new one goes out");
     }
 
     #[test]

@@ -682,6 +682,9 @@ impl Router {
     /// Offer a subscription that just became ready a packet of `source`
     /// that arrived before it did, oldest first from a keyframe: the
     /// rewritten header to send it with, if the subscription takes it.
+    /// Once it starts on that keyframe, a keyframe request of the layer
+    /// that has not gone out yet is dropped if no other subscription
+    /// waits for one (the request its offer made, say).
     pub fn replay(
         &mut self,
         session: SessionId,
@@ -689,11 +692,22 @@ impl Router {
         source: SourceKey,
         meta: &PacketMeta,
     ) -> Option<Rewritten> {
-        let sub = self.subscription_mut(session, track)?;
-        if !sub.ready {
+        let (_, Location::Feed(id)) = self.subscriptions.get(&(session, track))? else {
             return None;
+        };
+        let p = self.publications.get_mut(id)?;
+        let sub = p
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.session == session && s.track == track && s.ready)?;
+        let rewritten = sub.forwarder.on_packet(source, meta)?;
+        let waiting = p.subscriptions.iter().any(|s| {
+            s.ready && s.forwarder.needs_keyframe() && s.forwarder.target() == Some(source)
+        });
+        if meta.keyframe && !waiting {
+            p.keyframes.cancel(usize::from(source.layer));
         }
-        sub.forwarder.on_packet(source, meta)
+        Some(rewritten)
     }
 
     fn subscription_mut(
@@ -1073,6 +1087,39 @@ mod tests {
             .collect();
         assert_eq!(names, [Arc::from("alice")]);
         assert!(r.speakers("elsewhere", now).is_empty());
+    }
+
+    #[test]
+    fn a_viewer_that_starts_on_a_kept_keyframe_drops_its_deferred_request() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
+        let source = SourceKey {
+            publication: a,
+            layer: 0,
+        };
+        let mut out = Vec::new();
+        r.on_packet(a, 0, &meta(1, 0, false, t0), &mut out);
+        // Another viewer's request went out and its keyframe came.
+        watch(&mut r, SessionId(11), VIDEO, MediaKind::Video, 3);
+        r.on_packet(a, 0, &meta(2, 3000, false, t0 + ms(10)), &mut out);
+        assert_eq!(keyframe_requests(&mut r), vec![layer_0_of_a(a)]);
+        let keyframe = meta(3, 6000, true, t0 + ms(40));
+        r.on_packet(a, 0, &keyframe, &mut out);
+        // This viewer's offer asks soon after: deferred (minimum interval).
+        viewer_connecting(&mut r);
+        r.on_keyframe_request(VIEWER, VIDEO, t0 + ms(60));
+        assert!(keyframe_requests(&mut r).is_empty());
+        // It connects and starts on the kept keyframe: nobody waits now,
+        // so the deferred request never goes out.
+        assert_eq!(r.on_subscriber_ready(VIEWER, VIDEO), Some(source));
+        assert!(r.replay(VIEWER, VIDEO, source, &keyframe).is_some());
+        for (i, at) in [400, 433, 466].into_iter().enumerate() {
+            let m = meta(4 + i as u64, 9000, false, t0 + ms(at));
+            r.on_packet(a, 0, &m, &mut out);
+        }
+        assert!(keyframe_requests(&mut r).is_empty(), "no extra keyframe");
     }
 
     #[test]
