@@ -887,6 +887,18 @@ mod tests {
         std::iter::from_fn(|| router.poll_event()).collect()
     }
 
+    /// A router with publisher A's video in room "live" (no simulcast), and
+    /// its only layer.
+    fn one_video_publication() -> (Router, PublicationId, SourceKey) {
+        let mut r = Router::new(RouterConfig::default());
+        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
+        let source = SourceKey {
+            publication: a,
+            layer: 0,
+        };
+        (r, a, source)
+    }
+
     /// A keyframe request for the only layer of publisher A's `publication`.
     fn layer_0_of_a(publication: PublicationId) -> RouterEvent {
         RouterEvent::RequestKeyframe {
@@ -988,12 +1000,7 @@ mod tests {
     fn a_viewer_that_connects_after_a_keyframe_can_start_on_it() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut r = Router::new(RouterConfig::default());
-        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
-        let source = SourceKey {
-            publication: a,
-            layer: 0,
-        };
+        let (mut r, a, source) = one_video_publication();
         let mut out = Vec::new();
         viewer_connecting(&mut r);
         // Nothing is asked of a publisher that has sent nothing yet (it
@@ -1093,12 +1100,7 @@ mod tests {
     fn a_viewer_that_starts_on_a_kept_keyframe_drops_its_deferred_request() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut r = Router::new(RouterConfig::default());
-        let a = r.publish("live", PUBLISHER_A, None, MediaKind::Video, &[None]);
-        let source = SourceKey {
-            publication: a,
-            layer: 0,
-        };
+        let (mut r, a, source) = one_video_publication();
         let mut out = Vec::new();
         r.on_packet(a, 0, &meta(1, 0, false, t0), &mut out);
         // Another viewer's request went out and its keyframe came.
