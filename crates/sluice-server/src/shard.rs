@@ -88,8 +88,8 @@ struct Entry {
 }
 
 /// The publisher packets of one receive batch (with the stream each came
-/// on) and the writes the router made of them, each with the index of its
-/// packet.
+/// on) and the writes the router made of them, each with its packet's
+/// [`Slot`].
 #[derive(Default)]
 struct Batch {
     /// A receive batch is being read: writes wait for its end.
@@ -99,7 +99,28 @@ struct Batch {
     /// The earliest arrival of the batch's forwarded packets.
     first_forwarded: Option<SystemTime>,
     packets: Vec<(SourceKey, IncomingRtp)>,
-    writes: Vec<(Forward, u32)>,
+    writes: Vec<(Forward, Slot)>,
+}
+
+/// A write's packet in its receive batch, and its place among the viewer's
+/// writes of the batch: video before audio, so that an audio datagram
+/// (always shorter) can end the viewer's GSO run rather than go alone,
+/// and each in arrival order. Sorting by it looks at no packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot(u32);
+
+impl Slot {
+    /// The bit that puts audio after video.
+    const AUDIO: u32 = 1 << 31;
+
+    fn new(index: usize, audio: bool) -> Slot {
+        Slot(index as u32 | if audio { Slot::AUDIO } else { 0 })
+    }
+
+    /// The packet's index in the batch.
+    fn index(self) -> usize {
+        (self.0 & !Slot::AUDIO) as usize
+    }
 }
 
 /// Owner of the sessions of the rooms placed on this shard.
@@ -702,10 +723,11 @@ impl Shard {
                 let first = self.batch.first_forwarded.get_or_insert(arrived);
                 *first = (*first).min(arrived);
             }
-            let index = self.batch.packets.len() as u32;
+            let audio = !rtp.params.spec().codec.is_video();
+            let slot = Slot::new(self.batch.packets.len(), audio);
             self.batch
                 .writes
-                .extend(forwards.drain(..).map(|forward| (forward, index)));
+                .extend(forwards.drain(..).map(|forward| (forward, slot)));
             self.batch.packets.push((source, *rtp));
         }
         self.forwards = forwards;
@@ -721,14 +743,7 @@ impl Shard {
     /// (one GSO send where their sizes allow).
     fn write_batch(&mut self, now: Instant) {
         let mut writes = std::mem::take(&mut self.batch.writes);
-        // Within a viewer, video goes before audio so that an audio
-        // datagram (always shorter) can end the viewer's GSO run rather
-        // than go alone; each stream keeps its order (the index order).
-        let packets = &self.batch.packets;
-        writes.sort_unstable_by_key(|(f, index)| {
-            let audio = !packets[*index as usize].1.params.spec().codec.is_video();
-            (f.session, audio, *index)
-        });
+        writes.sort_unstable_by_key(|(f, slot)| (f.session, *slot));
         let mut at = 0;
         while at < writes.len() {
             let id = writes[at].0.session;
@@ -751,11 +766,11 @@ impl Shard {
                 continue;
             };
             let mut written = false;
-            for (f, index) in &writes[at..end] {
+            for (f, slot) in &writes[at..end] {
                 let Some(&mid) = viewer.tracks.get(f.track.0 as usize) else {
                     continue;
                 };
-                let (source, rtp) = &self.batch.packets[*index as usize];
+                let (source, rtp) = &self.batch.packets[slot.index()];
                 let buffers = &mut self.outbox.buffers;
                 if viewer
                     .session
@@ -1523,5 +1538,26 @@ fn schedule(
     if entry.next_timeout.is_none_or(|scheduled| at < scheduled) {
         entry.next_timeout = Some(at);
         timers.push(Reverse((at, id)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slot;
+
+    #[test]
+    fn a_viewers_video_goes_before_its_audio_each_in_arrival_order() {
+        let mut slots = [
+            Slot::new(0, true),
+            Slot::new(3, false),
+            Slot::new(1, false),
+            Slot::new(2, true),
+        ];
+        slots.sort_unstable();
+        let order: Vec<(usize, bool)> = slots
+            .iter()
+            .map(|s| (s.index(), *s >= Slot::new(0, true)))
+            .collect();
+        assert_eq!(order, [(1, false), (3, false), (0, true), (2, true)]);
     }
 }
